@@ -1,0 +1,801 @@
+"""The storage boundary: what the executor and the worker ask of a database.
+
+``SqlBackend`` holds every operation once, written in portable SQL with
+``%s`` placeholders and a few ``{fragments}`` that each dialect fills in
+(the current time, JSON casts, row-locking clauses). A dialect subclass
+supplies connections, those fragments, its schema and the test that tells a
+transient database error from a real one. Driver exceptions become
+threadjobs errors in exactly one place, ``translate_errors()``.
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+import os
+import socket
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Optional, TypeVar
+
+import tenacity
+
+from .. import jsonvalues
+from ..errors import (
+    DatabaseError,
+    JobNotFoundError,
+    JobStateError,
+    SchemaVersionError,
+    TransientDatabaseError,
+)
+from ..outcomes import CallAgain, Done, FailKeepWork, Outcome, StartChild
+from ..records import Claim, JobRecord, StepRecord, from_epoch
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+SCHEMA_VERSION = 1
+"""The version of the tables this code reads and writes."""
+
+CHILDREN_KEY = ".children"
+"""The ctx key under which a parent finds the final ctx of its child jobs."""
+
+_JOB_COLUMNS = (
+    "j.id, j.name, j.params, j.ctx, j.shape, j.current_step, j.created_at, "
+    "j.updated_at, j.ended_at, "
+    "(SELECT MIN(s.error) FROM threadjobs_steps s WHERE s.job_id = j.id "
+    "AND s.is_failed = 1 AND s.done = 0) AS error"
+)
+_FAILED = (
+    "EXISTS (SELECT 1 FROM threadjobs_steps s WHERE s.job_id = j.id "
+    "AND s.is_failed = 1 AND s.done = 0)"
+)
+_LIST_FILTERS = {
+    "ended": "j.ended_at IS NOT NULL",
+    "failed": f"j.ended_at IS NULL AND {_FAILED}",
+    "pending": f"j.ended_at IS NULL AND NOT {_FAILED}",
+}
+
+
+def new_worker_id() -> str:
+    """A worker's name in claims: host, process id and a random suffix."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+class ClaimLostError(Exception):
+    """The step's claim passed to another worker; the call must not commit."""
+
+
+@dataclass
+class StepContext:
+    """The data a step call starts from, read when the call begins."""
+
+    params: dict[str, Any]
+    ctx: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class FinishResult:
+    """What committing a step call changed, for logging and wake-ups."""
+
+    job_ended: bool
+    advanced: bool
+    child_job_id: Optional[int] = None
+
+
+class SqlBackend(abc.ABC):
+    """One database dialect: its connections, SQL fragments and schema."""
+
+    #: The dialect's name, as used in URLs and logs.
+    name: str = ""
+
+    #: True where a running step call holds a row lock on its step, so no
+    #: lease renewal is needed while it runs (PostgreSQL, MySQL).
+    holds_row_locks: bool = True
+
+    #: SQL fragments substituted into every query.
+    now_sql: str = ""
+    json_param: str = "%s"
+    lock_rows: str = " FOR UPDATE"
+    skip_locked: str = " FOR UPDATE SKIP LOCKED"
+    like_escape: str = "ESCAPE '\\'"
+
+    def __init__(self, *, retry_seconds: float = 30.0) -> None:
+        self.retry_seconds = retry_seconds
+        self._sql_cache: dict[str, str] = {}
+
+    # -- what a dialect provides ---------------------------------------------
+
+    @abc.abstractmethod
+    @contextmanager
+    def connection(self) -> Iterator[Any]:
+        """Lend a DB-API connection with no transaction open."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Close every pooled connection."""
+
+    @abc.abstractmethod
+    def begin(self, conn: Any) -> None:
+        """Start a transaction that may write."""
+
+    @abc.abstractmethod
+    def is_transient(self, exc: BaseException) -> bool:
+        """Whether a driver exception is worth retrying."""
+
+    @abc.abstractmethod
+    def schema_statements(self) -> list[str]:
+        """The statements that create the tables of ``SCHEMA_VERSION``."""
+
+    @abc.abstractmethod
+    def insert_job(self, cur: Any, values: Sequence[Any]) -> Optional[int]:
+        """Insert a job row unless its dedup_key exists; return the new id."""
+
+    def driver_error(self) -> type[BaseException]:
+        """The base class of the driver's exceptions."""
+        return Exception
+
+    def setup_lock(self, cur: Any) -> None:
+        """Serialize table creation between processes (inside a transaction).
+
+        Nothing to do where ``begin()`` already takes a database-wide lock.
+        """
+        return None
+
+    def adapt_user_sql(self, sql: str) -> str:
+        """Turn a user query written with ``%s`` into the driver's style."""
+        return sql
+
+    def reap_dead_claims(self) -> int:
+        """Free claims of dead workers early, where the dialect can tell."""
+        return 0
+
+    # -- plumbing ------------------------------------------------------------
+
+    def sql(self, query: str) -> str:
+        """Fill in the dialect's fragments; cached, queries are constants."""
+        text = self._sql_cache.get(query)
+        if text is None:
+            text = query.format(
+                now=self.now_sql,
+                json=self.json_param,
+                lock=self.lock_rows,
+                skip_locked=self.skip_locked,
+                escape=self.like_escape,
+            )
+            text = self.adapt_sql(text)
+            self._sql_cache[query] = text
+        return text
+
+    def adapt_sql(self, text: str) -> str:
+        """Placeholder conversion for internal queries (none by default)."""
+        return text
+
+    def execute(self, cur: Any, query: str, params: Sequence[Any] = ()) -> Any:
+        cur.execute(self.sql(query), tuple(params))
+        return cur
+
+    @contextmanager
+    def translate_errors(self) -> Iterator[None]:
+        """Turn driver exceptions into threadjobs errors, keeping the cause."""
+        try:
+            yield
+        except self.driver_error() as exc:
+            if isinstance(exc, DatabaseError):
+                raise
+            kind = TransientDatabaseError if self.is_transient(exc) else DatabaseError
+            raise kind(f"{self.name}: {exc}") from exc
+
+    def transaction(self, work: Callable[[Any], T], *, retry: bool = True) -> T:
+        """Run ``work(cursor)`` in one write transaction and commit it.
+
+        Transient errors roll back and run the whole transaction again, with
+        capped exponential backoff for up to ``retry_seconds``.
+        """
+
+        def attempt() -> T:
+            with self.connection() as conn, self.translate_errors():
+                self.begin(conn)
+                try:
+                    result = work(conn.cursor())
+                    conn.commit()
+                except BaseException:
+                    self._rollback_quietly(conn)
+                    raise
+                return result
+
+        if not retry:
+            return attempt()
+        retrying = tenacity.Retrying(
+            retry=tenacity.retry_if_exception_type(TransientDatabaseError),
+            wait=tenacity.wait_exponential(multiplier=0.02, max=2.0),
+            stop=tenacity.stop_after_delay(self.retry_seconds),
+            before_sleep=_log_retry,
+            reraise=True,
+        )
+        return retrying(attempt)
+
+    def _rollback_quietly(self, conn: Any) -> None:
+        try:
+            conn.rollback()
+        except Exception:  # The connection may be gone; the pool checks it.
+            logger.debug("rollback failed", exc_info=True)
+
+    # -- schema --------------------------------------------------------------
+
+    def setup(self) -> None:
+        """Create the tables if needed and check their version."""
+
+        def work(cur: Any) -> None:
+            self.setup_lock(cur)
+            for statement in self.schema_statements():
+                cur.execute(statement)
+            self.execute(cur, "SELECT version FROM threadjobs_schema")
+            row = cur.fetchone()
+            if row is None:
+                self.execute(
+                    cur,
+                    "INSERT INTO threadjobs_schema (version) VALUES (%s)",
+                    (SCHEMA_VERSION,),
+                )
+            elif row[0] != SCHEMA_VERSION:
+                raise SchemaVersionError(
+                    f"the threadjobs tables are at schema version {row[0]}, "
+                    f"and this threadjobs reads version {SCHEMA_VERSION}; "
+                    "install the threadjobs release that matches the tables"
+                    if row[0] > SCHEMA_VERSION
+                    else f"the threadjobs tables are at schema version {row[0]}, "
+                    f"older than {SCHEMA_VERSION}, and no upgrade path "
+                    "exists; drop the threadjobs_* tables or use an older "
+                    "release"
+                )
+
+        self.transaction(work)
+
+    # -- enqueue -------------------------------------------------------------
+
+    def enqueue(
+        self,
+        cur: Any,
+        name: str,
+        dedup_key: str,
+        params_json: str,
+        ctx_json: str,
+        shape: list[int],
+        delay: float,
+    ) -> tuple[int, bool]:
+        """Insert a job and its first step; return (id, newly enqueued)."""
+        job_id = self.insert_job(
+            cur,
+            (name, dedup_key, params_json, ctx_json, jsonvalues.dumps(shape)),
+        )
+        if job_id is None:
+            self.execute(
+                cur,
+                "SELECT id FROM threadjobs_jobs WHERE dedup_key = %s",
+                (dedup_key,),
+            )
+            return int(cur.fetchone()[0]), False
+
+        self._insert_step(cur, job_id, name, 0, shape[0], delay)
+        return job_id, True
+
+    def _insert_step(
+        self,
+        cur: Any,
+        job_id: int,
+        name: str,
+        index: int,
+        size: int,
+        delay: float,
+    ) -> None:
+        query = (
+            "INSERT INTO threadjobs_steps (job_id, job_name, step_index, "
+            "member_index, run_at, updated_at) "
+            "VALUES (%s, %s, %s, %s, {now} + %s, {now})"
+        )
+        cur.executemany(
+            self.sql(query),
+            [(job_id, name, index, member, delay) for member in range(size)],
+        )
+
+    # -- claiming ------------------------------------------------------------
+
+    def claim(
+        self,
+        names: Sequence[str],
+        worker_id: str,
+        limit: int,
+        lease_seconds: float,
+    ) -> list[Claim]:
+        """Claim up to ``limit`` due step members of the named jobs.
+
+        A claim is committed on its own, before the step call starts: it
+        counts the call (so a step that keeps killing its worker can be
+        stopped) and leases the row for ``lease_seconds``.
+        """
+        if not names or limit <= 0:
+            return []
+        marks = ", ".join(["%s"] * len(names))
+        token = uuid.uuid4().hex
+
+        def work(cur: Any) -> list[Claim]:
+            self.execute(
+                cur,
+                "SELECT id FROM threadjobs_steps WHERE done = 0 "
+                "AND is_failed = 0 AND run_at <= {now} "
+                f"AND claimed_until < {{now}} AND job_name IN ({marks}) "
+                "ORDER BY run_at LIMIT %s{skip_locked}",
+                (*names, limit),
+            )
+            ids = [row[0] for row in cur.fetchall()]
+            if not ids:
+                return []
+            id_marks = ", ".join(["%s"] * len(ids))
+            self.execute(
+                cur,
+                "UPDATE threadjobs_steps SET claim_token = %s, "
+                "claimed_by = %s, claimed_until = {now} + %s, "
+                "calls = calls + 1, unfinished_calls = unfinished_calls + 1, "
+                f"updated_at = {{now}} WHERE id IN ({id_marks})",
+                (token, worker_id, lease_seconds, *ids),
+            )
+            self.execute(
+                cur,
+                "SELECT s.id, s.job_id, s.job_name, s.step_index, "
+                "s.member_index, j.shape, s.unfinished_calls "
+                "FROM threadjobs_steps s JOIN threadjobs_jobs j "
+                "ON j.id = s.job_id WHERE s.claim_token = %s ORDER BY s.id",
+                (token,),
+            )
+            return [
+                Claim(
+                    row[0],
+                    row[1],
+                    row[2],
+                    row[3],
+                    row[4],
+                    jsonvalues.loads(row[5]),
+                    token,
+                    row[6],
+                )
+                for row in cur.fetchall()
+            ]
+
+        return self.transaction(work)
+
+    def renew_claims(self, tokens: Sequence[str], lease_seconds: float) -> None:
+        """Extend the leases of running step calls (dialects without locks)."""
+        if not tokens:
+            return
+        marks = ", ".join(["%s"] * len(tokens))
+        self.transaction(
+            lambda cur: self.execute(
+                cur,
+                "UPDATE threadjobs_steps SET claimed_until = {now} + %s "
+                f"WHERE done = 0 AND claim_token IN ({marks})",
+                (lease_seconds, *tokens),
+            )
+        )
+
+    def release_claim(self, claim: Claim) -> None:
+        """Give a claimed step back untouched, e.g. after a lost connection."""
+        self.transaction(
+            lambda cur: self.execute(
+                cur,
+                "UPDATE threadjobs_steps SET claim_token = NULL, claimed_by = NULL,"
+                " claimed_until = 0, unfinished_calls = unfinished_calls - 1 "
+                "WHERE id = %s AND claim_token = %s",
+                (claim.step_id, claim.token),
+            )
+        )
+
+    # -- running a step ------------------------------------------------------
+
+    def open_step(self, conn: Any, claim: Claim) -> StepContext:
+        """Begin the step call's transaction and read its params and ctx.
+
+        Where the dialect has row locks, the step row stays locked until the
+        call commits, so no other worker can claim it meanwhile.
+        """
+        cur = conn.cursor()
+        if self.holds_row_locks:
+            self.begin(conn)
+            self.execute(
+                cur,
+                "SELECT id FROM threadjobs_steps WHERE id = %s "
+                "AND claim_token = %s AND done = 0{skip_locked}",
+                (claim.step_id, claim.token),
+            )
+            if cur.fetchone() is None:
+                raise ClaimLostError(claim.label)
+        self.execute(
+            cur,
+            "SELECT params, ctx FROM threadjobs_jobs WHERE id = %s",
+            (claim.job_id,),
+        )
+        params, ctx = cur.fetchone()
+        return StepContext(jsonvalues.loads(params), jsonvalues.loads(ctx))
+
+    def finish_step(
+        self,
+        conn: Any,
+        claim: Claim,
+        outcome: Outcome,
+        ctx_before: dict[str, Any],
+        ctx_after: dict[str, Any],
+        enqueue_child: Callable[[Any, StartChild], int],
+        max_ctx_bytes: int,
+    ) -> FinishResult:
+        """Apply a step call's outcome and ctx changes, and commit."""
+        cur = conn.cursor()
+        if not conn_in_transaction(conn):
+            self.begin(conn)
+        self._check_claim(cur, claim)
+        self.execute(
+            cur,
+            "SELECT ctx, current_step, shape FROM threadjobs_jobs WHERE id = %s{lock}",
+            (claim.job_id,),
+        )
+        (stored_ctx,) = cur.fetchone()
+        ctx = merge_ctx(jsonvalues.loads(stored_ctx), ctx_before, ctx_after)
+        ctx_json = jsonvalues.dumps(ctx)
+        jsonvalues.check_ctx_size(ctx_json, max_ctx_bytes)
+        self.execute(
+            cur,
+            "UPDATE threadjobs_jobs SET ctx = {json}, updated_at = {now} WHERE id = %s",
+            (ctx_json, claim.job_id),
+        )
+
+        result = self._apply_outcome(cur, claim, outcome, enqueue_child)
+        if result.advanced:
+            ended = self.advance(cur, claim.job_id, claim.step_index)
+            result = FinishResult(ended, True, result.child_job_id)
+        conn.commit()
+        return result
+
+    def _check_claim(self, cur: Any, claim: Claim) -> None:
+        if self.holds_row_locks:
+            return  # The row lock taken in open_step still holds.
+        self.execute(
+            cur,
+            "SELECT id FROM threadjobs_steps WHERE id = %s "
+            "AND claim_token = %s AND done = 0",
+            (claim.step_id, claim.token),
+        )
+        if cur.fetchone() is None:
+            raise ClaimLostError(claim.label)
+
+    def _apply_outcome(
+        self,
+        cur: Any,
+        claim: Claim,
+        outcome: Outcome,
+        enqueue_child: Callable[[Any, StartChild], int],
+    ) -> FinishResult:
+        unclaim = (
+            "claim_token = NULL, claimed_by = NULL, claimed_until = 0, "
+            "unfinished_calls = 0, updated_at = {now}"
+        )
+        where = " WHERE id = %s"
+        if isinstance(outcome, Done):
+            self.execute(
+                cur,
+                f"UPDATE threadjobs_steps SET done = 1, {unclaim}{where}",
+                (claim.step_id,),
+            )
+            return FinishResult(False, True)
+        if isinstance(outcome, CallAgain):
+            self.execute(
+                cur,
+                f"UPDATE threadjobs_steps SET run_at = {{now}} + %s, {unclaim}{where}",
+                (outcome.delay, claim.step_id),
+            )
+            return FinishResult(False, False)
+        if isinstance(outcome, FailKeepWork):
+            self.execute(
+                cur,
+                "UPDATE threadjobs_steps SET is_failed = 1, error = %s, "
+                f"traceback = NULL, {unclaim}{where}",
+                (
+                    f"the step returned {outcome.value!r}, a negative number: "
+                    "failed on purpose, its work was kept; resume the job to "
+                    "call it again",
+                    claim.step_id,
+                ),
+            )
+            return FinishResult(False, False)
+
+        child_id = enqueue_child(cur, outcome)
+        self.execute(
+            cur,
+            "UPDATE threadjobs_steps SET done = 1, child_job_id = %s, "
+            f"{unclaim}{where}",
+            (child_id, claim.step_id),
+        )
+        return FinishResult(False, True, child_id)
+
+    def advance(self, cur: Any, job_id: int, step_index: int) -> bool:
+        """Start the next step if step ``step_index`` has wholly finished.
+
+        Finished means every member is done and every child job its members
+        started has ended. Runs with the job row locked, so members finishing
+        at the same moment start the next step exactly once. Returns whether
+        the job ended.
+        """
+        self.execute(
+            cur,
+            "SELECT name, ctx, current_step, shape, ended_at "
+            "FROM threadjobs_jobs WHERE id = %s{lock}",
+            (job_id,),
+        )
+        name, ctx_json, current_step, shape_json, ended_at = cur.fetchone()
+        if current_step != step_index or ended_at is not None:
+            return False
+        self.execute(
+            cur,
+            "SELECT s.done, c.name, c.ctx, c.ended_at, c.id "
+            "FROM threadjobs_steps s LEFT JOIN threadjobs_jobs c "
+            "ON c.id = s.child_job_id "
+            "WHERE s.job_id = %s AND s.step_index = %s",
+            (job_id, step_index),
+        )
+        members = cur.fetchall()
+        if any(not done for done, *_ in members):
+            return False
+        children = [row for row in members if row[4] is not None]
+        if any(child_ended is None for *_, child_ended, _ in children):
+            return False
+
+        if children:
+            ctx = jsonvalues.loads(ctx_json)
+            found = ctx.setdefault(CHILDREN_KEY, {})
+            for _, child_name, child_ctx, _, _ in children:
+                found[child_name] = jsonvalues.loads(child_ctx)
+            self.execute(
+                cur,
+                "UPDATE threadjobs_jobs SET ctx = {json} WHERE id = %s",
+                (jsonvalues.dumps(ctx), job_id),
+            )
+
+        shape = jsonvalues.loads(shape_json)
+        if step_index + 1 < len(shape):
+            self.execute(
+                cur,
+                "UPDATE threadjobs_jobs SET current_step = %s, "
+                "updated_at = {now} WHERE id = %s",
+                (step_index + 1, job_id),
+            )
+            self._insert_step(
+                cur, job_id, name, step_index + 1, shape[step_index + 1], 0.0
+            )
+            return False
+
+        self.execute(
+            cur,
+            "UPDATE threadjobs_jobs SET ended_at = {now}, updated_at = {now} "
+            "WHERE id = %s",
+            (job_id,),
+        )
+        self._wake_parents(cur, job_id)
+        return True
+
+    def _wake_parents(self, cur: Any, child_id: int) -> None:
+        self.execute(
+            cur,
+            "SELECT job_id, step_index FROM threadjobs_steps WHERE child_job_id = %s",
+            (child_id,),
+        )
+        for parent_id, parent_step in cur.fetchall():
+            self.advance(cur, parent_id, parent_step)
+
+    def record_failure(
+        self, claim: Claim, error: str, traceback_text: Optional[str]
+    ) -> None:
+        """Flag a claimed step as failed, after its call was rolled back."""
+        self.transaction(
+            lambda cur: self.execute(
+                cur,
+                "UPDATE threadjobs_steps SET is_failed = 1, error = %s, "
+                "traceback = %s, claim_token = NULL, claimed_by = NULL, "
+                "claimed_until = 0, unfinished_calls = 0, updated_at = {now} "
+                "WHERE id = %s AND claim_token = %s",
+                (error, traceback_text, claim.step_id, claim.token),
+            )
+        )
+
+    # -- reading and housekeeping --------------------------------------------
+
+    def list_jobs(self, which: str, mask: Optional[str]) -> list[JobRecord]:
+        """Jobs in one of the states "ended", "failed" or "pending"."""
+        where = _LIST_FILTERS[which]
+        params: tuple[Any, ...] = ()
+        if mask is not None:
+            where += " AND j.name LIKE %s {escape}"
+            params = (mask,)
+
+        def work(cur: Any) -> list[JobRecord]:
+            self.execute(
+                cur,
+                f"SELECT {_JOB_COLUMNS} FROM threadjobs_jobs j "
+                f"WHERE {where} ORDER BY j.id",
+                params,
+            )
+            return [_job_record(row, which) for row in cur.fetchall()]
+
+        return self.transaction(work)
+
+    def get_job(self, job_id: int) -> JobRecord:
+        """One job by id; raises JobNotFoundError."""
+
+        def work(cur: Any) -> JobRecord:
+            self.execute(
+                cur,
+                f"SELECT {_JOB_COLUMNS}, {_FAILED} FROM threadjobs_jobs j "
+                "WHERE j.id = %s",
+                (job_id,),
+            )
+            row = cur.fetchone()
+            if row is None:
+                raise JobNotFoundError(f"no job has the id {job_id}")
+            status = (
+                "ended" if row[8] is not None else "failed" if row[10] else "pending"
+            )
+            return _job_record(row[:10], status)
+
+        return self.transaction(work)
+
+    def get_steps(self, job_id: int) -> list[StepRecord]:
+        """The step rows of one job, in order."""
+
+        def work(cur: Any) -> list[StepRecord]:
+            self.execute(
+                cur,
+                "SELECT job_id, step_index, member_index, done, is_failed, "
+                "claim_token, run_at, calls, child_job_id, claimed_by, error, "
+                "traceback, claimed_until > {now} FROM threadjobs_steps "
+                "WHERE job_id = %s ORDER BY step_index, member_index",
+                (job_id,),
+            )
+            return [_step_record(row) for row in cur.fetchall()]
+
+        return self.transaction(work)
+
+    def resume(self, job_id: int) -> int:
+        """Clear the failed flag of a failed job's steps; return how many."""
+
+        def work(cur: Any) -> int:
+            self.execute(
+                cur,
+                "UPDATE threadjobs_steps SET is_failed = 0, run_at = {now}, "
+                "unfinished_calls = 0, updated_at = {now} "
+                "WHERE job_id = %s AND is_failed = 1 AND done = 0",
+                (job_id,),
+            )
+            count = int(cur.rowcount)
+            if count == 0:
+                self.execute(
+                    cur,
+                    "SELECT ended_at FROM threadjobs_jobs WHERE id = %s",
+                    (job_id,),
+                )
+                row = cur.fetchone()
+                if row is None:
+                    raise JobNotFoundError(f"no job has the id {job_id}")
+                state = "has ended" if row[0] is not None else "is not failed"
+                raise JobStateError(
+                    f"job {job_id} {state}; only a failed job can be resumed"
+                )
+            return count
+
+        return self.transaction(work)
+
+    def clean_up(self) -> int:
+        """Delete the jobs that ended successfully, with their steps."""
+
+        def work(cur: Any) -> int:
+            self.execute(
+                cur,
+                "DELETE FROM threadjobs_steps WHERE job_id IN "
+                "(SELECT id FROM threadjobs_jobs WHERE ended_at IS NOT NULL)",
+            )
+            self.execute(cur, "DELETE FROM threadjobs_jobs WHERE ended_at IS NOT NULL")
+            return int(cur.rowcount)
+
+        return self.transaction(work)
+
+
+def conn_in_transaction(conn: Any) -> bool:
+    """Whether a connection has a transaction open (the drivers differ)."""
+    flag = getattr(conn, "in_transaction", None)
+    if isinstance(flag, bool):
+        return flag
+    status = getattr(getattr(conn, "info", None), "transaction_status", None)
+    if status is not None:
+        return int(status) != 0
+    return bool(getattr(conn, "_threadjobs_in_tx", False))
+
+
+def merge_ctx(
+    stored: dict[str, Any], before: dict[str, Any], after: dict[str, Any]
+) -> dict[str, Any]:
+    """Apply one step call's changes to the ctx as stored now.
+
+    Only the top-level keys this call added, changed or deleted are written,
+    so members of a group that touch different keys all keep their changes.
+    """
+    merged = dict(stored)
+    for key in before.keys() - after.keys():
+        merged.pop(key, None)
+    for key, value in after.items():
+        if key not in before or before[key] != value:
+            merged[key] = value
+    return merged
+
+
+def _job_record(row: Sequence[Any], status: str) -> JobRecord:
+    return JobRecord(
+        id=int(row[0]),
+        name=row[1],
+        params=jsonvalues.loads(row[2]),
+        ctx=jsonvalues.loads(row[3]),
+        status=status,
+        shape=jsonvalues.loads(row[4]),
+        current_step=int(row[5]),
+        created_at=from_epoch(row[6]),  # type: ignore[arg-type]
+        updated_at=from_epoch(row[7]),  # type: ignore[arg-type]
+        ended_at=from_epoch(row[8]),
+        error=row[9] if status == "failed" else None,
+    )
+
+
+def _step_record(row: Sequence[Any]) -> StepRecord:
+    (
+        job_id,
+        step_index,
+        member,
+        done,
+        failed,
+        token,
+        run_at,
+        calls,
+        child,
+        claimed_by,
+        error,
+        traceback_text,
+        leased,
+    ) = row
+    state = (
+        "done"
+        if done
+        else "failed"
+        if failed
+        else "claimed"
+        if token is not None and leased
+        else "due"
+    )
+    return StepRecord(
+        job_id=int(job_id),
+        step_index=int(step_index),
+        member_index=int(member),
+        state=state,
+        run_at=from_epoch(run_at),  # type: ignore[arg-type]
+        calls=int(calls),
+        child_job_id=child,
+        claimed_by=claimed_by if state == "claimed" else None,
+        error=error,
+        traceback=traceback_text,
+    )
+
+
+def _log_retry(state: tenacity.RetryCallState) -> None:
+    exc = state.outcome.exception() if state.outcome else None
+    logger.warning(
+        "database error, retrying (attempt %d): %s",
+        state.attempt_number,
+        exc,
+        extra={"action": "retry_database"},
+    )

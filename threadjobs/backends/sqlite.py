@@ -1,0 +1,294 @@
+"""The embedded SQLite backend (Python's own ``sqlite3``), the default.
+
+SQLite has one writer at a time and no row locks, so this backend differs
+from the server backends in two ways:
+
+- A step call does not hold a write transaction while its function runs.
+  The transaction begins (``BEGIN IMMEDIATE``) at the step's first
+  ``exec_query`` or, if it runs none, when its outcome is written. Members of
+  a group that run no SQL therefore overlap in time; members that write
+  serialize on SQLite's write lock.
+- A claim is a lease that the worker renews while the call runs. Before a
+  call commits, it checks that its lease is still its own, so a call whose
+  lease passed to another worker rolls back instead of applying twice.
+  Claims of a dead worker process on the same host are freed at once.
+
+Several worker processes may share one database file on one machine; a file
+on a network filesystem is not supported, as SQLite's locking is not reliable
+there.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import socket
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, Optional
+
+from ..errors import ConfigurationError, TransientDatabaseError
+from .base import SqlBackend
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_PATH = "threadjobs.sqlite3"
+"""The database file used when no database is given."""
+
+BUSY_TIMEOUT_SECS = 5.0
+"""How long one SQLite call waits for the write lock before saying busy."""
+
+LOCK_WAIT_SECS = 300.0
+"""How long a write transaction keeps retrying to get the write lock."""
+
+_SCHEMA = [
+    "CREATE TABLE IF NOT EXISTS threadjobs_schema (version INTEGER NOT NULL)",
+    """CREATE TABLE IF NOT EXISTS threadjobs_jobs (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        name TEXT NOT NULL,
+        dedup_key TEXT NOT NULL UNIQUE,
+        params TEXT NOT NULL,
+        ctx TEXT NOT NULL,
+        shape TEXT NOT NULL,
+        current_step INTEGER NOT NULL DEFAULT 0,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        ended_at REAL)""",
+    "CREATE INDEX IF NOT EXISTS threadjobs_jobs_name ON threadjobs_jobs (name)",
+    "CREATE INDEX IF NOT EXISTS threadjobs_jobs_ended ON threadjobs_jobs (ended_at)",
+    """CREATE TABLE IF NOT EXISTS threadjobs_steps (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        job_id INTEGER NOT NULL
+            REFERENCES threadjobs_jobs (id) ON DELETE CASCADE,
+        job_name TEXT NOT NULL,
+        step_index INTEGER NOT NULL,
+        member_index INTEGER NOT NULL,
+        run_at REAL NOT NULL,
+        done INTEGER NOT NULL DEFAULT 0,
+        is_failed INTEGER NOT NULL DEFAULT 0,
+        child_job_id INTEGER,
+        claim_token TEXT,
+        claimed_by TEXT,
+        claimed_until REAL NOT NULL DEFAULT 0,
+        calls INTEGER NOT NULL DEFAULT 0,
+        unfinished_calls INTEGER NOT NULL DEFAULT 0,
+        error TEXT,
+        traceback TEXT,
+        updated_at REAL NOT NULL,
+        UNIQUE (job_id, step_index, member_index))""",
+    "CREATE INDEX IF NOT EXISTS threadjobs_steps_due ON threadjobs_steps "
+    "(run_at) WHERE done = 0 AND is_failed = 0",
+    "CREATE INDEX IF NOT EXISTS threadjobs_steps_claim ON threadjobs_steps "
+    "(claim_token) WHERE claim_token IS NOT NULL",
+    "CREATE INDEX IF NOT EXISTS threadjobs_steps_child ON threadjobs_steps "
+    "(child_job_id) WHERE child_job_id IS NOT NULL",
+    "CREATE INDEX IF NOT EXISTS threadjobs_steps_failed ON threadjobs_steps "
+    "(job_id) WHERE is_failed = 1",
+]
+
+
+def path_from_url(url: str) -> str:
+    """``sqlite:///relative/file`` or ``sqlite:////absolute/file``."""
+    path = url.split("://", 1)[1]
+    if path.startswith("/"):
+        path = path[1:]
+    if not path or path == ":memory:" or path.startswith("file::memory:"):
+        raise ConfigurationError(
+            f"{url!r} names no file; threadjobs needs an SQLite file that "
+            "every worker thread can open, e.g. sqlite:///jobs.sqlite3"
+        )
+    return path
+
+
+def to_qmark(sql: str) -> str:
+    """Turn ``%s`` placeholders into SQLite's ``?``, outside quotes.
+
+    ``%%`` stands for a literal ``%``; quoted text and identifiers are
+    left alone.
+    """
+    out: list[str] = []
+    quote: Optional[str] = None
+    index = 0
+    while index < len(sql):
+        char = sql[index]
+        if quote:
+            if char == quote:
+                quote = None
+        elif char in "'\"`":
+            quote = char
+        elif char == "%" and sql[index + 1 : index + 2] == "s":
+            out.append("?")
+            index += 2
+            continue
+        elif char == "%" and sql[index + 1 : index + 2] == "%":
+            out.append("%")
+            index += 2
+            continue
+        out.append(char)
+        index += 1
+    return "".join(out)
+
+
+class SqliteBackend(SqlBackend):
+    """Jobs in one SQLite file, shared by threads and local processes."""
+
+    name = "sqlite"
+    holds_row_locks = False
+    now_sql = "((julianday('now') - 2440587.5) * 86400.0)"
+    lock_rows = ""
+    skip_locked = ""
+
+    def __init__(self, path: str = DEFAULT_PATH, **options: Any) -> None:
+        super().__init__(**options)
+        self.path = os.fspath(path)
+        # Idle connections; each thread borrows one at a time.
+        self._idle: queue.SimpleQueue[sqlite3.Connection] = queue.SimpleQueue()
+        self._all: list[sqlite3.Connection] = []
+        # Protects _all and _closed, not the connections themselves.
+        self._lock = threading.Lock()
+        self._closed = False
+        self._host = socket.gethostname()
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(
+            self.path,
+            timeout=BUSY_TIMEOUT_SECS,
+            isolation_level=None,
+            check_same_thread=False,
+        )
+        conn.execute("PRAGMA journal_mode = WAL")
+        # FULL: a committed step survives power loss, not just a crash.
+        conn.execute("PRAGMA synchronous = FULL")
+        conn.execute("PRAGMA foreign_keys = ON")
+        # LIKE masks compare case-sensitively, as on PostgreSQL and MySQL.
+        conn.execute("PRAGMA case_sensitive_like = ON")
+        return conn
+
+    @contextmanager
+    def connection(self) -> Iterator[sqlite3.Connection]:
+        try:
+            conn = self._idle.get_nowait()
+        except queue.Empty:
+            with self.translate_errors():
+                conn = self._connect()
+            with self._lock:
+                self._all.append(conn)
+        try:
+            yield conn
+        finally:
+            if conn.in_transaction:
+                conn.rollback()
+            with self._lock:
+                closed = self._closed
+            if closed:
+                conn.close()
+            else:
+                self._idle.put(conn)
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            connections, self._all = self._all, []
+        for conn in connections:
+            conn.close()
+
+    def begin(self, conn: Any) -> None:
+        """Take the write lock now, waiting as long as LOCK_WAIT_SECS.
+
+        Taking it before the first read means a transaction never has to be
+        abandoned for a stale snapshot, so lock contention never causes a
+        step to be called twice.
+        """
+        deadline = time.monotonic() + LOCK_WAIT_SECS
+        while True:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                if not self.is_transient(exc) or time.monotonic() > deadline:
+                    raise
+                logger.warning(
+                    "%s: still waiting for the SQLite write lock",
+                    self.path,
+                    extra={"action": "wait_write_lock"},
+                )
+
+    def driver_error(self) -> type[BaseException]:
+        return sqlite3.Error
+
+    def is_transient(self, exc: BaseException) -> bool:
+        text = str(exc).lower()
+        return isinstance(exc, sqlite3.OperationalError) and (
+            "locked" in text or "busy" in text
+        )
+
+    def adapt_sql(self, text: str) -> str:
+        return text.replace("%s", "?")
+
+    def adapt_user_sql(self, sql: str) -> str:
+        return to_qmark(sql)
+
+    def schema_statements(self) -> list[str]:
+        return _SCHEMA
+
+    def insert_job(self, cur: Any, values: Sequence[Any]) -> Optional[int]:
+        self.execute(
+            cur,
+            "INSERT INTO threadjobs_jobs (name, dedup_key, params, ctx, shape,"
+            " created_at, updated_at) VALUES (%s, %s, %s, %s, %s, {now}, {now})"
+            " ON CONFLICT (dedup_key) DO NOTHING RETURNING id",
+            values,
+        )
+        row = cur.fetchone()
+        return None if row is None else int(row[0])
+
+    def reap_dead_claims(self) -> int:
+        """Free the claims of worker processes on this host that have died."""
+
+        def work(cur: Any) -> int:
+            self.execute(
+                cur,
+                "SELECT DISTINCT claimed_by FROM threadjobs_steps "
+                "WHERE claim_token IS NOT NULL AND claimed_until > {now}",
+            )
+            dead = [
+                worker
+                for (worker,) in cur.fetchall()
+                if worker and _is_dead_local_worker(worker, self._host)
+            ]
+            for worker in dead:
+                logger.warning(
+                    "worker %s died; its claimed steps are free again",
+                    worker,
+                    extra={"action": "reap_dead_worker"},
+                )
+                self.execute(
+                    cur,
+                    "UPDATE threadjobs_steps SET claimed_until = 0 "
+                    "WHERE claimed_by = %s AND claim_token IS NOT NULL",
+                    (worker,),
+                )
+            return len(dead)
+
+        return self.transaction(work)
+
+
+def _is_dead_local_worker(worker_id: str, host: str) -> bool:
+    worker_host, _, rest = worker_id.partition(":")
+    pid_text = rest.partition(":")[0]
+    if worker_host != host or not pid_text.isdigit():
+        return False
+    try:
+        os.kill(int(pid_text), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+__all__ = ["DEFAULT_PATH", "SqliteBackend", "TransientDatabaseError"]

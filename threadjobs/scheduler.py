@@ -1,0 +1,443 @@
+"""The worker: a scheduler thread that claims due steps, and a thread pool.
+
+The scheduler claims as many due step members as the pool has free threads,
+hands each to the pool, and sleeps until a call finishes, a job is enqueued
+in this process, or the poll interval passes. Each pool thread runs one step
+call on its own pooled connection and transaction.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import threading
+import time
+import traceback
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Optional
+
+from .backends.base import ClaimLostError, SqlBackend, new_worker_id
+from .errors import DatabaseError, TransientDatabaseError
+from .jsonvalues import check_dict
+from .outcomes import CallAgain, Done, FailKeepWork, StartChild, interpret
+from .records import Claim
+
+if TYPE_CHECKING:
+    from .definitions import Job
+    from .executor import JobExecutor
+
+logger = logging.getLogger(__name__)
+
+REAP_INTERVAL_SECS = 1.0
+"""How often a worker without row locks looks for dead local workers."""
+
+MAX_BACKOFF_SECS = 5.0
+"""The longest a worker waits between tries while the database is down."""
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    """How a worker runs; see JobExecutor for what each setting means."""
+
+    threads: int
+    poll_interval: float
+    lease_seconds: float
+    max_unfinished_calls: int
+    max_ctx_bytes: int
+
+
+class KeyedLocks:
+    """One lock per job id, created on demand and dropped when unused."""
+
+    def __init__(self) -> None:
+        # Protects _locks; each entry is [lock, number of holders/waiters].
+        self._mutex = threading.Lock()
+        self._locks: dict[int, list[Any]] = {}
+
+    @contextmanager
+    def hold(self, key: int) -> Iterator[None]:
+        with self._mutex:
+            entry = self._locks.setdefault(key, [threading.Lock(), 0])
+            entry[1] += 1
+        try:
+            with entry[0]:
+                yield
+        finally:
+            with self._mutex:
+                entry[1] -= 1
+                if entry[1] == 0:
+                    del self._locks[key]
+
+
+class StepSession:
+    """The connection of the step call running in the current thread."""
+
+    def __init__(self, backend: SqlBackend, conn: Any, claim: Claim) -> None:
+        self.backend = backend
+        self.conn = conn
+        self.claim = claim
+
+    def cursor(self) -> Any:
+        """A cursor inside the step's transaction, beginning it if needed."""
+        from .backends.base import conn_in_transaction
+
+        if not conn_in_transaction(self.conn):
+            with self.backend.translate_errors():
+                self.backend.begin(self.conn)
+        return self.conn.cursor()
+
+
+class Worker:
+    """Runs due steps of the executor's jobs until told to stop."""
+
+    def __init__(
+        self,
+        executor: JobExecutor,
+        backend: SqlBackend,
+        settings: WorkerSettings,
+    ) -> None:
+        self.executor = executor
+        self.backend = backend
+        self.settings = settings
+        self.worker_id = new_worker_id()
+        self.stopping = threading.Event()
+        self._wake = threading.Event()
+        # Serializes the ctx merge of one job's members within this process.
+        self._job_locks = KeyedLocks()
+        # Protects _running: step id -> (claim, future) of claimed calls.
+        self._running_lock = threading.Lock()
+        self._running: dict[int, tuple[Claim, Future[None]]] = {}
+        self._grace: Optional[float] = None
+
+    def wake(self) -> None:
+        """Make the scheduler look for due steps now."""
+        self._wake.set()
+
+    def stop(self, timeout: Optional[float]) -> None:
+        """Ask the loop to stop, letting running calls finish in ``timeout``."""
+        self._grace = timeout
+        self.stopping.set()
+        self._wake.set()
+
+    # -- the scheduler loop --------------------------------------------------
+
+    def run(self) -> None:
+        """Claim and run steps until ``stop()``; then drain the pool."""
+        settings = self.settings
+        pool = ThreadPoolExecutor(
+            settings.threads, thread_name_prefix="threadjobs-step"
+        )
+        logger.info(
+            "worker %s started: %d threads on %s",
+            self.worker_id,
+            settings.threads,
+            self.backend.name,
+            extra={"action": "worker_started"},
+        )
+        backoff = 0.0
+        next_chores = 0.0
+        try:
+            while not self.stopping.is_set():
+                self._wake.clear()
+                try:
+                    if time.monotonic() >= next_chores:
+                        self._chores()
+                        next_chores = time.monotonic() + REAP_INTERVAL_SECS
+                    claimed = self._claim_and_submit(pool)
+                    backoff = 0.0
+                except DatabaseError as exc:
+                    backoff = min(max(backoff * 2, 0.1), MAX_BACKOFF_SECS)
+                    logger.warning(
+                        "worker %s cannot reach the database, retrying in %.1fs: %s",
+                        self.worker_id,
+                        backoff,
+                        exc,
+                        extra={"action": "poll_failed"},
+                    )
+                    self.stopping.wait(backoff)
+                    continue
+                if not claimed:
+                    self._wake.wait(settings.poll_interval)
+        finally:
+            self._drain(pool)
+        logger.info(
+            "worker %s stopped",
+            self.worker_id,
+            extra={"action": "worker_stopped"},
+        )
+
+    def _claim_and_submit(self, pool: ThreadPoolExecutor) -> int:
+        with self._running_lock:
+            free = self.settings.threads - len(self._running)
+        if free <= 0:
+            return 0
+        claims = self.backend.claim(
+            self.executor.job_names(),
+            self.worker_id,
+            free,
+            self.settings.lease_seconds,
+        )
+        for claim in claims:
+            logger.debug(
+                "claimed %s",
+                claim.label,
+                extra={
+                    "action": "claim",
+                    "job_id": claim.job_id,
+                    "job": claim.job_name,
+                    "step": claim.step_index,
+                },
+            )
+            with self._running_lock:
+                future = pool.submit(self._call, claim)
+                self._running[claim.step_id] = (claim, future)
+        # A full batch means more may be due: claim again when a thread frees.
+        return len(claims) if len(claims) < free else 0
+
+    def _chores(self) -> None:
+        """Lease upkeep for dialects whose running calls hold no row lock."""
+        if self.backend.holds_row_locks:
+            return
+        self.backend.reap_dead_claims()
+        with self._running_lock:
+            tokens = sorted({claim.token for claim, _ in self._running.values()})
+        self.backend.renew_claims(tokens, self.settings.lease_seconds)
+
+    def _drain(self, pool: ThreadPoolExecutor) -> None:
+        with self._running_lock:
+            running = list(self._running.values())
+        not_started = [claim for claim, future in running if future.cancel()]
+        for claim in not_started:
+            self._forget(claim)
+            self._release(claim)
+
+        futures = [future for _, future in running if not future.cancelled()]
+        _, still_running = wait_futures(futures, timeout=self._grace)
+        if still_running:
+            logger.warning(
+                "worker %s stopped waiting for %d running step calls after "
+                "%.1fs; they roll back if the process exits before they end",
+                self.worker_id,
+                len(still_running),
+                self._grace or 0.0,
+                extra={"action": "shutdown_timeout"},
+            )
+        pool.shutdown(wait=False, cancel_futures=True)
+
+    def _forget(self, claim: Claim) -> None:
+        with self._running_lock:
+            self._running.pop(claim.step_id, None)
+
+    # -- one step call -------------------------------------------------------
+
+    def _call(self, claim: Claim) -> None:
+        """Run one claimed step call; never lets an exception escape."""
+        try:
+            with self.backend.connection() as conn:
+                self._call_on(conn, claim)
+        except Exception:
+            logger.exception(
+                "%s: the worker failed around the step call",
+                claim.label,
+                extra={"action": "worker_error", "job_id": claim.job_id},
+            )
+        finally:
+            self._forget(claim)
+            self._wake.set()
+
+    def _call_on(self, conn: Any, claim: Claim) -> None:
+        job = self.executor.definition(claim.job_name)
+        problem = self._refusal(claim, job)
+        if problem:
+            self._fail(claim, problem, None)
+            return
+
+        try:
+            with self.backend.translate_errors():
+                start = self.backend.open_step(conn, claim)
+        except ClaimLostError:
+            self.backend._rollback_quietly(conn)
+            return
+        except TransientDatabaseError as exc:
+            self._infrastructure_failure(conn, claim, exc)
+            return
+
+        member = job.steps[claim.step_index][claim.member_index]
+        ctx = copy.deepcopy(start.ctx)
+        logger.debug(
+            "calling %s (%s)",
+            claim.label,
+            member.label,
+            extra={
+                "action": "step_call",
+                "job_id": claim.job_id,
+                "job": claim.job_name,
+                "step": claim.step_index,
+            },
+        )
+        session = StepSession(self.backend, conn, claim)
+        try:
+            with self.executor._step_session(session):
+                outcome = interpret(member.call(start.params, ctx, self.executor))
+                check_dict(ctx, "the ctx after the step")
+            with self.backend.translate_errors():
+                self._commit(conn, claim, outcome, start.ctx, ctx)
+        except ClaimLostError:
+            self.backend._rollback_quietly(conn)
+            logger.warning(
+                "%s: the claim passed to another worker; this call rolled back",
+                claim.label,
+                extra={"action": "claim_lost", "job_id": claim.job_id},
+            )
+        except TransientDatabaseError as exc:
+            self._infrastructure_failure(conn, claim, exc)
+        except BaseException as exc:  # A step may raise anything at all.
+            self.backend._rollback_quietly(conn)
+            self._step_raised(claim, exc)
+
+    def _refusal(self, claim: Claim, job: Job) -> Optional[str]:
+        """Why this claim must fail without calling the step, if it must."""
+        limit = self.settings.max_unfinished_calls
+        if claim.unfinished_calls > limit:
+            return (
+                f"a worker died during this step {claim.unfinished_calls - 1} "
+                f"times in a row (the limit is {limit}); fix the step, then "
+                "resume the job"
+            )
+        if job.shape != claim.shape:
+            return (
+                f"the job was enqueued with the shape {claim.shape} (group "
+                f"sizes per step), but this worker's definition of "
+                f"{claim.job_name!r} has the shape {job.shape}; deploy a "
+                "definition with the enqueued shape, then resume the job"
+            )
+        return None
+
+    def _commit(
+        self,
+        conn: Any,
+        claim: Claim,
+        outcome: Any,
+        ctx_before: dict[str, Any],
+        ctx_after: dict[str, Any],
+    ) -> None:
+        from .backends.base import conn_in_transaction
+
+        # Take the database's write lock before the in-process job lock:
+        # the reverse order could deadlock against a member of the same job
+        # that already holds SQLite's write lock from its own exec_query.
+        if not conn_in_transaction(conn):
+            self.backend.begin(conn)
+        with self._job_locks.hold(claim.job_id):
+            result = self.backend.finish_step(
+                conn,
+                claim,
+                outcome,
+                ctx_before,
+                ctx_after,
+                self.executor._enqueue_child,
+                self.settings.max_ctx_bytes,
+            )
+        self._log_outcome(claim, outcome, result.job_ended)
+
+    def _log_outcome(self, claim: Claim, outcome: Any, ended: bool) -> None:
+        extra = {
+            "job_id": claim.job_id,
+            "job": claim.job_name,
+            "step": claim.step_index,
+        }
+        if isinstance(outcome, FailKeepWork):
+            logger.info(
+                "%s returned %s: job failed, work kept",
+                claim.label,
+                outcome.value,
+                extra={"action": "job_failed", **extra},
+            )
+        elif isinstance(outcome, StartChild):
+            logger.info(
+                "%s started child job %s",
+                claim.label,
+                outcome.name,
+                extra={"action": "child_started", **extra},
+            )
+        elif isinstance(outcome, CallAgain):
+            logger.debug(
+                "%s will be called again in %.3fs",
+                claim.label,
+                outcome.delay,
+                extra={"action": "step_again", **extra},
+            )
+        elif isinstance(outcome, Done):
+            logger.debug("%s done", claim.label, extra={"action": "step_done", **extra})
+        if ended:
+            logger.info(
+                "%s[%d] ended",
+                claim.job_name,
+                claim.job_id,
+                extra={"action": "job_ended", **extra},
+            )
+
+    def _step_raised(self, claim: Claim, exc: BaseException) -> None:
+        text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        logger.error(
+            "%s raised %s: %s; rolled back, job failed",
+            claim.label,
+            type(exc).__name__,
+            exc,
+            exc_info=exc,
+            extra={
+                "action": "step_failed",
+                "job_id": claim.job_id,
+                "job": claim.job_name,
+                "step": claim.step_index,
+            },
+        )
+        self._fail(claim, f"{type(exc).__name__}: {exc}", text)
+
+    def _fail(self, claim: Claim, error: str, text: Optional[str]) -> None:
+        if text is None:
+            logger.error(
+                "%s: %s",
+                claim.label,
+                error,
+                extra={
+                    "action": "step_failed",
+                    "job_id": claim.job_id,
+                    "job": claim.job_name,
+                    "step": claim.step_index,
+                },
+            )
+        try:
+            self.backend.record_failure(claim, error, text)
+        except DatabaseError:
+            # The claim's lease runs out and the step is called again, which
+            # is safe: nothing of this call was committed.
+            logger.warning(
+                "%s: could not record the failure; the step will be retried",
+                claim.label,
+                exc_info=True,
+                extra={"action": "record_failure_failed"},
+            )
+
+    def _infrastructure_failure(
+        self, conn: Any, claim: Claim, exc: BaseException
+    ) -> None:
+        """A database error that is not the step's fault: retry, don't fail."""
+        self.backend._rollback_quietly(conn)
+        logger.warning(
+            "%s: database error during the step call, it will run again: %s",
+            claim.label,
+            exc,
+            extra={"action": "step_retry", "job_id": claim.job_id},
+        )
+        self._release(claim)
+
+    def _release(self, claim: Claim) -> None:
+        try:
+            self.backend.release_claim(claim)
+        except DatabaseError:
+            logger.debug("could not release %s", claim.label, exc_info=True)
