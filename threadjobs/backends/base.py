@@ -437,7 +437,7 @@ class SqlBackend(abc.ABC):
         self._check_claim(cur, claim)
         self.execute(
             cur,
-            "SELECT ctx, current_step, shape FROM threadjobs_jobs WHERE id = %s{lock}",
+            "SELECT ctx FROM threadjobs_jobs WHERE id = %s{lock}",
             (claim.job_id,),
         )
         (stored_ctx,) = cur.fetchone()

@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import re
 import socket
 import sqlite3
 import threading
@@ -35,6 +36,8 @@ from ..errors import ConfigurationError, TransientDatabaseError
 from .base import SqlBackend
 
 logger = logging.getLogger(__name__)
+
+_PERCENT = re.compile("%([s%])")
 
 DEFAULT_PATH = "threadjobs.sqlite3"
 """The database file used when no database is given."""
@@ -105,32 +108,12 @@ def path_from_url(url: str) -> str:
 
 
 def to_qmark(sql: str) -> str:
-    """Turn ``%s`` placeholders into SQLite's ``?``, outside quotes.
+    """Turn ``%s`` placeholders into SQLite's ``?`` and ``%%`` into ``%``.
 
-    ``%%`` stands for a literal ``%``; quoted text and identifiers are
-    left alone.
+    Like psycopg and PyMySQL, this does not look inside quotes: a literal
+    ``%`` is always written ``%%``.
     """
-    out: list[str] = []
-    quote: Optional[str] = None
-    index = 0
-    while index < len(sql):
-        char = sql[index]
-        if quote:
-            if char == quote:
-                quote = None
-        elif char in "'\"`":
-            quote = char
-        elif char == "%" and sql[index + 1 : index + 2] == "s":
-            out.append("?")
-            index += 2
-            continue
-        elif char == "%" and sql[index + 1 : index + 2] == "%":
-            out.append("%")
-            index += 2
-            continue
-        out.append(char)
-        index += 1
-    return "".join(out)
+    return _PERCENT.sub(lambda match: "?" if match[1] == "s" else "%", sql)
 
 
 class SqliteBackend(SqlBackend):

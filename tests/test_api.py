@@ -1,0 +1,213 @@
+"""The executor's API without a worker: enqueue, de-duplicate, list, clean."""
+
+from __future__ import annotations
+
+import datetime
+import math
+
+import pytest
+
+from threadjobs import (
+    InvalidValueError,
+    Job,
+    JobNotFoundError,
+    JobStateError,
+    StepTransactionError,
+    UnknownJobError,
+)
+
+from .helpers import run_until_settled
+
+
+def noop(params):
+    return None
+
+
+@pytest.fixture
+def ex(executor):
+    executor.add(Job("RUN#1").submit(noop).submit([noop, noop]))
+    executor.add(Job("mail").submit(noop))
+    return executor
+
+
+def stored_jobs(executor):
+    return executor.exec_query("SELECT id, name, params FROM threadjobs_jobs")
+
+
+def test_execute_returns_the_id_and_records_the_job(ex) -> None:
+    job_id = ex.execute("RUN#1", {"path": 1, "name": "Name"}, {"c": 1})
+    job = ex.get_job(job_id)
+    assert (job.id, job.name, job.params, job.ctx) == (
+        job_id,
+        "RUN#1",
+        {"path": 1, "name": "Name"},
+        {"c": 1},
+    )
+    assert job.status == "pending"
+    assert job.shape == [1, 2]
+    assert isinstance(job.created_at, datetime.datetime)
+    assert job.created_at.tzinfo is not None
+    assert job.updated_at >= job.created_at
+    assert job.ended_at is None and job.error is None
+
+
+def test_same_name_and_params_are_deduplicated(ex) -> None:
+    first = ex.execute("RUN#1", {"a": 1, "b": [1, 2]})
+    assert ex.execute("RUN#1", {"b": [1, 2], "a": 1}, {"other": "ctx"}) == first
+    assert ex.execute("RUN#1", {"a": 2, "b": [1, 2]}) != first
+    assert ex.execute("mail", {"a": 1, "b": [1, 2]}) != first
+    assert len(stored_jobs(ex)) == 3
+    assert ex.execute("RUN#1") == ex.execute("RUN#1", {})
+
+
+def test_dedup_holds_in_every_state_until_clean_up(ex) -> None:
+    job_id = ex.execute("mail", {"to": "a"})
+    run_until_settled(ex)
+    assert ex.get_job(job_id).status == "ended"
+    assert ex.execute("mail", {"to": "a"}) == job_id
+    assert ex.clean_up() == 1
+    assert ex.execute("mail", {"to": "a"}) != job_id
+
+
+@pytest.mark.parametrize(
+    ("args", "error", "message"),
+    [
+        (("nope",), UnknownJobError, "no job named 'nope'.*'.execute'"),
+        (("",), Exception, "empty"),
+        (("mail", [1]), InvalidValueError, "params must be a dict, got list"),
+        (("mail", {"d": datetime.datetime.now()}), InvalidValueError, "datetime"),
+        (("mail", {"s": {1}}), InvalidValueError, r"params\['s'\] is a set"),
+        (("mail", {"n": math.nan}), InvalidValueError, "NaN"),
+        (("mail", {1: 2}), InvalidValueError, "key 1 of type int"),
+        (("mail", {"t": (1,)}), InvalidValueError, "tuple"),
+        (("mail", {}, "ctx"), InvalidValueError, "ctx must be a dict"),
+        (("mail", {}, {"b": b"x"}), InvalidValueError, r"ctx\['b'\] is a bytes"),
+        (("mail", {}, {}, -1), InvalidValueError, "delay must be a finite"),
+        (("mail", {}, {}, math.nan), InvalidValueError, "delay must be a finite"),
+        (("mail", {}, {}, True), InvalidValueError, "delay must be a number"),
+        (("mail", {}, {}, "1"), InvalidValueError, "delay must be a number"),
+    ],
+)
+def test_bad_execute_input_is_refused_and_nothing_is_stored(
+    ex, args, error, message
+) -> None:
+    kept = ex.execute("mail", {"keep": 1})
+    before = stored_jobs(ex)
+    with pytest.raises(error, match=message):
+        ex.execute(*args)
+    assert stored_jobs(ex) == before
+    assert ex.get_job(kept).params == {"keep": 1}
+
+
+def test_ctx_over_the_size_cap_is_refused(make_executor) -> None:
+    ex = make_executor(max_ctx_bytes=100)
+    ex.add(Job("mail").submit(noop))
+    with pytest.raises(InvalidValueError, match="over the cap of 100 bytes"):
+        ex.execute("mail", {}, {"blob": "x" * 200})
+    assert ex.list_not_ended_jobs() == []
+
+
+def test_builtin_execute_job_checks_its_params(ex) -> None:
+    with pytest.raises(InvalidValueError, match="need 'name'"):
+        ex.execute(".execute", {"param": {}})
+    with pytest.raises(InvalidValueError, match="unknown keys"):
+        ex.execute(".execute", {"name": "x", "params": {}})
+    assert ex.execute(".execute", {"name": "anything", "param": {"a": 1}}) > 0
+
+
+def test_exec_query_outside_a_step_returns_tuples(ex) -> None:
+    assert ex.exec_query("CREATE TABLE t (a INTEGER, b VARCHAR(10))") == []
+    ex.exec_query("INSERT INTO t (a, b) VALUES (%s, %s)", [1, "x"])
+    ex.exec_query("INSERT INTO t (a, b) VALUES (%s, '50%%')", (2,))
+    assert ex.exec_query("SELECT a, b FROM t ORDER BY a") == [(1, "x"), (2, "50%")]
+    with pytest.raises(InvalidValueError, match="list or tuple"):
+        ex.exec_query("SELECT %s", {"a": 1})
+    with pytest.raises(InvalidValueError, match="sql must be a str"):
+        ex.exec_query(b"SELECT 1")
+    for statement in ("COMMIT", " rollback", "BEGIN", "SAVEPOINT x"):
+        with pytest.raises(StepTransactionError, match="owns the transaction"):
+            ex.exec_query(statement)
+
+
+def test_list_methods_partition_jobs_and_return_records(ex) -> None:
+    ex.add(Job("bad").submit(lambda p: 1 / 0))
+    ended = ex.execute("mail", {"n": 1})
+    failed = ex.execute("bad")
+    run_until_settled(ex)
+    pending = ex.execute("mail", {"n": 2}, delay=3600)
+
+    assert [j.id for j in ex.list_ended_jobs()] == [ended]
+    assert [j.id for j in ex.list_failed_jobs()] == [failed]
+    assert [j.id for j in ex.list_not_ended_jobs()] == [pending]
+    record = ex.list_failed_jobs()[0]
+    assert record.status == "failed"
+    assert "ZeroDivisionError" in record.error
+    assert ex.list_ended_jobs()[0].ended_at is not None
+
+
+@pytest.mark.parametrize(
+    ("mask", "expected"),
+    [
+        ("mail%", ["mail", "mail_box", "mailXbox"]),
+        ("mail\\_box", ["mail_box"]),
+        ("mail_box", ["mail_box", "mailXbox"]),
+        ("MAIL%", []),
+        ("100\\%", ["100%"]),
+        ("%'%", ["it's"]),
+        ("x' OR '1'='1", []),
+        ("%; DROP TABLE threadjobs_jobs; --", []),
+        ("back\\\\slash", ["back\\slash"]),
+    ],
+)
+def test_masks_are_bound_like_patterns(executor, mask, expected) -> None:
+    names = ["mail", "mail_box", "mailXbox", "100%", "it's", "back\\slash"]
+    for name in names:
+        executor.add(Job(name).submit(noop))
+        executor.execute(name)
+    found = [job.name for job in executor.list_not_ended_jobs(mask)]
+    assert found == expected
+    assert len(executor.list_not_ended_jobs()) == len(names)
+
+
+def test_mask_must_be_a_string(ex) -> None:
+    with pytest.raises(InvalidValueError, match="mask must be a str"):
+        ex.list_failed_jobs(5)
+
+
+def test_resume_and_get_job_errors(ex) -> None:
+    with pytest.raises(JobNotFoundError, match="no job has the id 999"):
+        ex.get_job(999)
+    with pytest.raises(JobNotFoundError):
+        ex.resume_job(999)
+    job_id = ex.execute("mail")
+    with pytest.raises(JobStateError, match="is not failed"):
+        ex.resume_job(job_id)
+    with pytest.raises(InvalidValueError, match="job id is an int"):
+        ex.resume_job("1")
+
+
+def test_clean_up_deletes_only_ended_jobs_and_their_steps(ex) -> None:
+    ex.add(Job("bad").submit(lambda p: -1))
+    for n in range(3):
+        ex.execute("mail", {"n": n})
+    ex.execute("bad")
+    run_until_settled(ex)
+    ex.execute("mail", {"later": 1}, delay=3600)
+    assert ex.clean_up() == 3
+    assert ex.list_ended_jobs() == []
+    assert len(ex.list_failed_jobs()) == 1
+    assert len(ex.list_not_ended_jobs()) == 1
+    (count,) = ex.exec_query("SELECT COUNT(*) FROM threadjobs_steps")[0]
+    assert count == 2
+    assert ex.clean_up() == 0
+
+
+def test_settings_are_checked() -> None:
+    from threadjobs import ConfigurationError, JobExecutor
+
+    with pytest.raises(ConfigurationError, match="threads must be an int >= 1"):
+        JobExecutor("sqlite:///x.sqlite3", threads=0)
+    with pytest.raises(ConfigurationError, match="cannot tell the database"):
+        JobExecutor("oracle://x")
+    with pytest.raises(ConfigurationError, match="names no file"):
+        JobExecutor("sqlite:///:memory:")
