@@ -50,7 +50,9 @@ def test_members_keep_changes_to_different_keys(executor) -> None:
     executor.add(
         Job("g")
         .submit(lambda p, ctx: ctx.update(start=1, gone=1))
-        .submit([member(i) for i in range(4)] + [lambda p, ctx: ctx.pop("gone") and None])
+        .submit(
+            [member(i) for i in range(4)] + [lambda p, ctx: ctx.pop("gone") and None]
+        )
         .submit(check)
     )
     job_id = executor.execute("g")

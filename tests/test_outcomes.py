@@ -44,9 +44,7 @@ def test_negative_numbers_mean_fail_keeping_the_work(value) -> None:
 
 def test_child_job_lists_and_tuples() -> None:
     assert interpret(["mail", {"to": "a"}]) == StartChild("mail", {"to": "a"})
-    assert interpret(("mail", {}, {"c": 1}, 2)) == StartChild(
-        "mail", {}, {"c": 1}, 2.0
-    )
+    assert interpret(("mail", {}, {"c": 1}, 2)) == StartChild("mail", {}, {"c": 1}, 2.0)
     assert interpret(["mail", {}, None]) == StartChild("mail", {}, {}, 0.0)
 
 

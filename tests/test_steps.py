@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 
 import pytest
@@ -58,9 +59,7 @@ def test_falsy_return_commits_and_moves_on(counter, done_value) -> None:
 
 
 @pytest.mark.parametrize("again", [0.3, {"run_after": 0.3}])
-def test_positive_number_calls_again_after_that_many_seconds(
-    counter, again
-) -> None:
+def test_positive_number_calls_again_after_that_many_seconds(counter, again) -> None:
     calls = []
 
     def step(params, ctx, ex):
@@ -73,7 +72,7 @@ def test_positive_number_calls_again_after_that_many_seconds(
     job_id = counter.execute("j")
     run_until_settled(counter)
     assert len(calls) == 3
-    assert all(b - a >= 0.29 for a, b in zip(calls, calls[1:]))
+    assert all(b - a >= 0.29 for a, b in itertools.pairwise(calls))
     assert count_rows(counter) == 3
     assert counter.get_job(job_id).ctx == {"calls": 3}
 
@@ -212,9 +211,7 @@ def test_coroutine_return_is_refused(executor) -> None:
 
 
 @pytest.mark.parametrize("exc", [KeyboardInterrupt, SystemExit])
-def test_base_exceptions_from_a_step_fail_the_job_not_the_worker(
-    executor, exc
-) -> None:
+def test_base_exceptions_from_a_step_fail_the_job_not_the_worker(executor, exc) -> None:
     def step(params):
         raise exc("stop")
 

@@ -274,7 +274,7 @@ class JobExecutor:
         session = self._current_session()
         if session is None:
             self._ensure_ready()
-            return self.backend.transaction(run)
+            return self.backend.transaction(run, write=False)
         with self.backend.translate_errors():
             return run(session.cursor())
 

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 REAP_INTERVAL_SECS = 1.0
-"""How often a worker without row locks looks for dead local workers."""
+"""How often a worker without row locks looks for claims of dead workers."""
 
 MAX_BACKOFF_SECS = 5.0
 """The longest a worker waits between tries while the database is down."""
@@ -199,13 +199,12 @@ class Worker:
         return len(claims) if len(claims) < free else 0
 
     def _chores(self) -> None:
-        """Lease upkeep for dialects whose running calls hold no row lock."""
+        """Free claims that outlived their worker (SQLite only)."""
         if self.backend.holds_row_locks:
             return
-        self.backend.reap_dead_claims()
         with self._running_lock:
-            tokens = sorted({claim.token for claim, _ in self._running.values()})
-        self.backend.renew_claims(tokens, self.settings.lease_seconds)
+            running = list(self._running)
+        self.backend.free_stale_claims(self.worker_id, running)
 
     def _drain(self, pool: ThreadPoolExecutor) -> None:
         with self._running_lock:

@@ -61,8 +61,39 @@ _LIST_FILTERS = {
 
 
 def new_worker_id() -> str:
-    """A worker's name in claims: host, process id and a random suffix."""
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    """A worker's name in claims: host, pid, process start, random suffix.
+
+    The start time tells a live process from a later one that reuses the pid.
+    """
+    pid = os.getpid()
+    started = process_start(pid) or "0"
+    return f"{socket.gethostname()}:{pid}:{started}:{uuid.uuid4().hex[:8]}"
+
+
+def process_start(pid: int) -> Optional[str]:
+    """A process's start time in clock ticks, or None if it is not running.
+
+    Read from Linux's /proc; elsewhere "?" for any live process. A zombie
+    (exited, not yet reaped by its parent) counts as not running.
+    """
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except FileNotFoundError:
+        if os.path.isdir("/proc/self"):
+            return None
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:
+            pass
+        return "?"
+    except OSError:
+        return "?"
+    if fields[0] == "Z":
+        return None
+    return fields[19]
 
 
 class ClaimLostError(Exception):
@@ -92,8 +123,9 @@ class SqlBackend(abc.ABC):
     #: The dialect's name, as used in URLs and logs.
     name: str = ""
 
-    #: True where a running step call holds a row lock on its step, so no
-    #: lease renewal is needed while it runs (PostgreSQL, MySQL).
+    #: True where a running step call holds a row lock on its step, which
+    #: keeps other workers off it and vanishes with a dead worker's
+    #: connection (PostgreSQL, MySQL).
     holds_row_locks: bool = True
 
     #: SQL fragments substituted into every query.
@@ -122,6 +154,10 @@ class SqlBackend(abc.ABC):
     def begin(self, conn: Any) -> None:
         """Start a transaction that may write."""
 
+    def begin_read(self, conn: Any) -> None:
+        """Start a transaction that reads, or writes in its first statement."""
+        self.begin(conn)
+
     @abc.abstractmethod
     def is_transient(self, exc: BaseException) -> bool:
         """Whether a driver exception is worth retrying."""
@@ -149,8 +185,16 @@ class SqlBackend(abc.ABC):
         """Turn a user query written with ``%s`` into the driver's style."""
         return sql
 
-    def reap_dead_claims(self) -> int:
-        """Free claims of dead workers early, where the dialect can tell."""
+    def claim_lease(self, lease_seconds: float) -> float:
+        """How long a new claim lasts before another worker may take it."""
+        return lease_seconds
+
+    def free_stale_claims(self, worker_id: str, running: Sequence[int]) -> int:
+        """Free claims whose worker died or no longer runs them.
+
+        Only dialects whose claims outlive their worker need this; elsewhere
+        a dead worker's row locks vanish with its connection.
+        """
         return 0
 
     # -- plumbing ------------------------------------------------------------
@@ -189,16 +233,23 @@ class SqlBackend(abc.ABC):
             kind = TransientDatabaseError if self.is_transient(exc) else DatabaseError
             raise kind(f"{self.name}: {exc}") from exc
 
-    def transaction(self, work: Callable[[Any], T], *, retry: bool = True) -> T:
-        """Run ``work(cursor)`` in one write transaction and commit it.
+    def transaction(
+        self, work: Callable[[Any], T], *, write: bool = True, retry: bool = True
+    ) -> T:
+        """Run ``work(cursor)`` in one transaction and commit it.
 
-        Transient errors roll back and run the whole transaction again, with
-        capped exponential backoff for up to ``retry_seconds``.
+        ``write=False`` marks work that only reads or whose first statement
+        writes; SQLite then does not take its write lock up front. Transient
+        errors roll back and run the whole transaction again, with capped
+        exponential backoff for up to ``retry_seconds``.
         """
 
         def attempt() -> T:
             with self.connection() as conn, self.translate_errors():
-                self.begin(conn)
+                if write:
+                    self.begin(conn)
+                else:
+                    self.begin_read(conn)
                 try:
                     result = work(conn.cursor())
                     conn.commit()
@@ -341,7 +392,7 @@ class SqlBackend(abc.ABC):
                 "claimed_by = %s, claimed_until = {now} + %s, "
                 "calls = calls + 1, unfinished_calls = unfinished_calls + 1, "
                 f"updated_at = {{now}} WHERE id IN ({id_marks})",
-                (token, worker_id, lease_seconds, *ids),
+                (token, worker_id, self.claim_lease(lease_seconds), *ids),
             )
             self.execute(
                 cur,
@@ -366,20 +417,6 @@ class SqlBackend(abc.ABC):
             ]
 
         return self.transaction(work)
-
-    def renew_claims(self, tokens: Sequence[str], lease_seconds: float) -> None:
-        """Extend the leases of running step calls (dialects without locks)."""
-        if not tokens:
-            return
-        marks = ", ".join(["%s"] * len(tokens))
-        self.transaction(
-            lambda cur: self.execute(
-                cur,
-                "UPDATE threadjobs_steps SET claimed_until = {now} + %s "
-                f"WHERE done = 0 AND claim_token IN ({marks})",
-                (lease_seconds, *tokens),
-            )
-        )
 
     def release_claim(self, claim: Claim) -> None:
         """Give a claimed step back untouched, e.g. after a lost connection."""
@@ -626,7 +663,7 @@ class SqlBackend(abc.ABC):
             )
             return [_job_record(row, which) for row in cur.fetchall()]
 
-        return self.transaction(work)
+        return self.transaction(work, write=False)
 
     def get_job(self, job_id: int) -> JobRecord:
         """One job by id; raises JobNotFoundError."""
@@ -646,7 +683,7 @@ class SqlBackend(abc.ABC):
             )
             return _job_record(row[:10], status)
 
-        return self.transaction(work)
+        return self.transaction(work, write=False)
 
     def get_steps(self, job_id: int) -> list[StepRecord]:
         """The step rows of one job, in order."""
@@ -662,7 +699,7 @@ class SqlBackend(abc.ABC):
             )
             return [_step_record(row) for row in cur.fetchall()]
 
-        return self.transaction(work)
+        return self.transaction(work, write=False)
 
     def resume(self, job_id: int) -> int:
         """Clear the failed flag of a failed job's steps; return how many."""

@@ -8,10 +8,11 @@ from the server backends in two ways:
   ``exec_query`` or, if it runs none, when its outcome is written. Members of
   a group that run no SQL therefore overlap in time; members that write
   serialize on SQLite's write lock.
-- A claim is a lease that the worker renews while the call runs. Before a
-  call commits, it checks that its lease is still its own, so a call whose
-  lease passed to another worker rolls back instead of applying twice.
-  Claims of a dead worker process on the same host are freed at once.
+- A claim lasts as long as the worker process that made it lives: every
+  worker checks each second whether the owners of claimed steps are still
+  alive (they are processes on the same machine) and frees the claims of
+  dead ones. Before a call commits, it checks that its claim is still its
+  own, so a call whose claim was freed rolls back instead of applying twice.
 
 Several worker processes may share one database file on one machine; a file
 on a network filesystem is not supported, as SQLite's locking is not reliable
@@ -33,7 +34,7 @@ from contextlib import contextmanager
 from typing import Any, Optional
 
 from ..errors import ConfigurationError, TransientDatabaseError
-from .base import SqlBackend
+from .base import SqlBackend, process_start
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +48,9 @@ BUSY_TIMEOUT_SECS = 5.0
 
 LOCK_WAIT_SECS = 300.0
 """How long a write transaction keeps retrying to get the write lock."""
+
+CLAIM_FOREVER_SECS = 10 * 365 * 86400.0
+"""A claim's lease on SQLite: its owner's life, which reaping bounds."""
 
 _SCHEMA = [
     "CREATE TABLE IF NOT EXISTS threadjobs_schema (version INTEGER NOT NULL)",
@@ -229,49 +233,62 @@ class SqliteBackend(SqlBackend):
         row = cur.fetchone()
         return None if row is None else int(row[0])
 
-    def reap_dead_claims(self) -> int:
-        """Free the claims of worker processes on this host that have died."""
+    def begin_read(self, conn: Any) -> None:
+        conn.execute("BEGIN")
 
-        def work(cur: Any) -> int:
+    def claim_lease(self, lease_seconds: float) -> float:
+        return CLAIM_FOREVER_SECS
+
+    def free_stale_claims(self, worker_id: str, running: Sequence[int]) -> int:
+        """Free claims of dead local processes, and this worker's leftovers."""
+
+        def find(cur: Any) -> list[str]:
             self.execute(
                 cur,
                 "SELECT DISTINCT claimed_by FROM threadjobs_steps "
                 "WHERE claim_token IS NOT NULL AND claimed_until > {now}",
             )
-            dead = [
-                worker
-                for (worker,) in cur.fetchall()
-                if worker and _is_dead_local_worker(worker, self._host)
-            ]
+            return [worker for (worker,) in cur.fetchall() if worker]
+
+        owners = self.transaction(find, write=False)
+        dead = [w for w in owners if _is_dead_local_worker(w, self._host)]
+        if worker_id in owners:
+            dead.append(worker_id)
+        if not dead:
+            return 0
+
+        def free(cur: Any) -> int:
+            freed = 0
             for worker in dead:
-                logger.warning(
-                    "worker %s died; its claimed steps are free again",
-                    worker,
-                    extra={"action": "reap_dead_worker"},
-                )
+                keep = [-1, *running] if worker == worker_id else [-1]
+                marks = ", ".join(["%s"] * len(keep))
                 self.execute(
                     cur,
                     "UPDATE threadjobs_steps SET claimed_until = 0 "
-                    "WHERE claimed_by = %s AND claim_token IS NOT NULL",
-                    (worker,),
+                    "WHERE claimed_by = %s AND claim_token IS NOT NULL "
+                    f"AND done = 0 AND id NOT IN ({marks})",
+                    (worker, *keep),
                 )
-            return len(dead)
+                freed += cur.rowcount
+                if worker != worker_id:
+                    logger.warning(
+                        "worker %s died; its claimed steps are free again",
+                        worker,
+                        extra={"action": "reap_dead_worker"},
+                    )
+            return freed
 
-        return self.transaction(work)
+        return self.transaction(free)
 
 
 def _is_dead_local_worker(worker_id: str, host: str) -> bool:
-    worker_host, _, rest = worker_id.partition(":")
-    pid_text = rest.partition(":")[0]
-    if worker_host != host or not pid_text.isdigit():
-        return False
-    try:
-        os.kill(int(pid_text), 0)
-    except ProcessLookupError:
+    parts = worker_id.split(":")
+    if len(parts) != 4 or parts[0] != host or not parts[1].isdigit():
+        return False  # Another host's worker, or not a worker id at all.
+    started = process_start(int(parts[1]))
+    if started is None:
         return True
-    except PermissionError:
-        return False
-    return False
+    return "?" not in (started, parts[2]) and parts[2] != "0" and started != parts[2]
 
 
 __all__ = ["DEFAULT_PATH", "SqliteBackend", "TransientDatabaseError"]

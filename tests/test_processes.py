@@ -1,0 +1,150 @@
+"""Several processes on one database: de-duplication, claims, a killed worker."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from threadjobs import Job, JobExecutor
+
+from .helpers import wait_until
+from .procs import build
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def spawn(*args: str, env: dict | None = None) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "tests.procs", *args],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def stop(process: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
+    if process.poll() is None:
+        process.send_signal(sig)
+    process.communicate(timeout=30)
+
+
+@pytest.fixture
+def prepared(db_url):
+    """The executor of the test process, with the effects table made."""
+    executor = build(db_url)
+    executor.exec_query("CREATE TABLE effects (label VARCHAR(50))")
+    executor.exec_query("CREATE TABLE attempts (label VARCHAR(50), pid INTEGER)")
+    yield executor
+    executor.close()
+
+
+def effects(executor: JobExecutor) -> list[str]:
+    return [row[0] for row in executor.exec_query("SELECT label FROM effects")]
+
+
+def attempts(executor: JobExecutor) -> list[str]:
+    return [row[0] for row in executor.exec_query("SELECT label FROM attempts")]
+
+
+def test_concurrent_execute_from_many_processes_enqueues_once(db_url, prepared) -> None:
+    start_at = str(time.time() + 1.5)
+    procs = [
+        spawn("execute", db_url, "dedup", '{"k": [1, 2]}', "10", start_at)
+        for _ in range(6)
+    ]
+    results = []
+    for process in procs:
+        out, err = process.communicate(timeout=60)
+        assert process.returncode == 0, err
+        results.append(json.loads(out.strip().splitlines()[-1]))
+    assert len({tuple(ids) for ids in results}) == 1
+    assert len(results[0]) == 1
+    rows = prepared.exec_query(
+        "SELECT COUNT(*) FROM threadjobs_jobs WHERE name = 'dedup'"
+    )
+    assert rows == [(1,)]
+
+
+def test_two_worker_processes_never_run_a_step_twice(db_url, prepared) -> None:
+    jobs = [prepared.execute("work", {"n": n}) for n in range(30)]
+    workers = [spawn("worker", db_url, env={"STEP_SLEEP": "0.1"}) for _ in range(2)]
+    try:
+        wait_until(
+            lambda: len(prepared.list_ended_jobs()) == len(jobs),
+            timeout=90,
+            what="every job to end",
+        )
+    finally:
+        for process in workers:
+            stop(process)
+    done = effects(prepared)
+    assert len(done) == 30 * 5 == len(set(done))
+    assert sorted(attempts(prepared)) == sorted(done)
+    pids = {row[0] for row in prepared.exec_query("SELECT pid FROM attempts")}
+    assert len(pids) == 2, "both workers should have taken steps"
+
+
+def test_killed_worker_loses_nothing(db_url, prepared) -> None:
+    job_id = prepared.execute("work", {"n": 0})
+    first = spawn("worker", db_url, env={"STEP_SLEEP": "30"})
+    try:
+        wait_until(lambda: attempts(prepared), timeout=30, what="the first attempt")
+    finally:
+        stop(first)  # SIGKILL in the middle of step 1.
+    assert effects(prepared) == []
+
+    second = spawn("worker", db_url, env={"STEP_SLEEP": "0.05"})
+    try:
+        wait_until(
+            lambda: prepared.get_job(job_id).status == "ended",
+            timeout=60,
+            what="the job to end on the second worker",
+        )
+    finally:
+        stop(second)
+    assert sorted(effects(prepared)) == ["0:a", "0:b0", "0:b1", "0:b2", "0:c"]
+    assert attempts(prepared).count("0:a") == 2
+
+
+def test_shape_change_fails_clearly_and_resumes_after_the_fix(make_executor) -> None:
+    old = make_executor()
+    old.add(Job("j").submit(lambda p: None).submit([lambda p: None] * 2))
+    job_id = old.execute("j")
+
+    changed = make_executor()
+    changed.add(Job("j").submit(lambda p: None))
+    changed.start()
+    wait_until(lambda: changed.list_failed_jobs(), what="the shape mismatch")
+    changed.stop()
+    error = changed.get_job(job_id).error
+    assert "enqueued with the shape [1, 2]" in error
+    assert "has the shape [1]" in error
+
+    fixed = make_executor()
+    fixed.add(Job("j").submit(lambda p: None).submit([lambda p: None] * 2))
+    fixed.resume_job(job_id)
+    fixed.start()
+    wait_until(lambda: fixed.get_job(job_id).status == "ended", what="the job")
+    fixed.stop()
+
+
+def test_worker_ignores_jobs_it_has_no_definition_for(make_executor) -> None:
+    producer = make_executor()
+    producer.add(Job("elsewhere").submit(lambda p: None))
+    job_id = producer.execute("elsewhere")
+    other = make_executor()
+    other.add(Job("mine").submit(lambda p: None))
+    other.start()
+    time.sleep(0.5)
+    other.stop()
+    assert other.get_job(job_id).status == "pending"
+    assert other.get_steps(job_id)[0].calls == 0
