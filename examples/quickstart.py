@@ -75,7 +75,10 @@ def main() -> int:
     for job in executor.list_ended_jobs():
         print(f"job {job.id} {job.name}: {job.status}, ctx={job.ctx}")
     failed = executor.list_failed_jobs()
-    print(f"{len(failed)} failed jobs; every job ended." if not failed else failed)
+    if failed:
+        print(f"{len(failed)} jobs failed: {failed}")
+    else:
+        print("Every job ended.")
     executor.close()
     return 1 if failed else 0
 
