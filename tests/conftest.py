@@ -1,22 +1,62 @@
-"""Fixtures: every test gets a fresh SQLite file; no server is needed.
+"""Fixtures: every behavioural test runs on every backend available here.
 
-The ``db_url`` fixture is the one place a test learns its database; the
-integration suite overrides it to run the same tests on the servers.
+SQLite always (a fresh file per test, no server needed); PostgreSQL and
+MySQL when a server is configured (see ``tests/servers.py``), each test in
+a fresh schema or database. ``db_url`` is the one fixture that tells a test
+where its database is.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from typing import Any
 
 import pytest
 
 from threadjobs import JobExecutor
 
+from . import servers
+
+BACKENDS = servers.backends()
+
+
+@pytest.fixture(scope="session")
+def server_urls() -> Iterator[dict[str, str]]:
+    """Server URLs, started or looked up once per session, on first need."""
+    with ExitStack() as stack:
+        urls: dict[str, str] = {}
+
+        class Lazy(dict):  # type: ignore[type-arg]
+            def __missing__(self, name: str) -> str:
+                try:
+                    urls[name] = stack.enter_context(servers.server_url(name))
+                except Exception as exc:
+                    pytest.fail(f"the {name} backend is unavailable: {exc}")
+                return urls[name]
+
+        yield Lazy()
+
+
+@pytest.fixture(params=BACKENDS)
+def backend_name(request: Any) -> str:
+    return request.param
+
 
 @pytest.fixture
-def db_url(tmp_path: Any) -> str:
-    return f"sqlite:///{tmp_path}/jobs.sqlite3"
+def db_url(backend_name: str, tmp_path: Any, server_urls: Any) -> Iterator[str]:
+    if backend_name == "sqlite":
+        yield f"sqlite:///{tmp_path}/jobs.sqlite3"
+        return
+    try:
+        database = servers.fresh_database(backend_name, server_urls[backend_name])
+        url = database.__enter__()
+    except Exception as exc:
+        pytest.fail(f"cannot make a {backend_name} test database: {exc}")
+    try:
+        yield url
+    finally:
+        database.__exit__(None, None, None)
 
 
 @pytest.fixture

@@ -31,10 +31,12 @@ def spawn(*args: str, env: dict | None = None) -> subprocess.Popen:
     )
 
 
-def stop(process: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
+def stop(process: subprocess.Popen, sig: int = signal.SIGKILL) -> str:
+    """Signal a process, wait for it, and return what it wrote to stderr."""
     if process.poll() is None:
         process.send_signal(sig)
-    process.communicate(timeout=30)
+    _, err = process.communicate(timeout=30)
+    return err
 
 
 @pytest.fixture
@@ -84,13 +86,12 @@ def test_two_worker_processes_never_run_a_step_twice(db_url, prepared) -> None:
             what="every job to end",
         )
     finally:
-        for process in workers:
-            stop(process)
+        logs = [stop(process) for process in workers]
     done = effects(prepared)
     assert len(done) == 30 * 5 == len(set(done))
     assert sorted(attempts(prepared)) == sorted(done)
     pids = {row[0] for row in prepared.exec_query("SELECT pid FROM attempts")}
-    assert len(pids) == 2, "both workers should have taken steps"
+    assert len(pids) == 2, f"both workers should have taken steps: {logs}"
 
 
 def test_killed_worker_loses_nothing(db_url, prepared) -> None:

@@ -63,8 +63,10 @@ class JobExecutor:
     are created on first use.
 
     Worker settings: ``threads`` step calls run at once in this process;
-    the database is polled every ``poll_interval`` seconds when idle; a claim
-    is leased for ``lease_seconds``; a step whose worker died during it more
+    the database is polled every ``poll_interval`` seconds when idle; on
+    PostgreSQL and MySQL a claimed step is reserved for ``lease_seconds``
+    before its call starts and locks it (on SQLite a claim lasts as long as
+    the worker process); a step whose worker died during it more
     than ``max_unfinished_calls`` times in a row fails instead of being
     called again; a ctx may be at most ``max_ctx_bytes`` encoded; database
     calls outside steps retry transient errors for ``retry_seconds``.
@@ -76,7 +78,7 @@ class JobExecutor:
         *,
         threads: int = 4,
         poll_interval: float = 0.2,
-        lease_seconds: float = 30.0,
+        lease_seconds: float = 5.0,
         max_unfinished_calls: int = 3,
         max_ctx_bytes: int = jsonvalues.DEFAULT_MAX_CTX_BYTES,
         retry_seconds: float = 30.0,
@@ -161,6 +163,8 @@ class JobExecutor:
         params: Optional[dict[str, Any]] = None,
         ctx: Optional[dict[str, Any]] = None,
         delay: float = 0,
+        *,
+        connection: Any = None,
     ) -> int:
         """Enqueue a job and return its id.
 
@@ -168,11 +172,20 @@ class JobExecutor:
         exists in any state, nothing is enqueued and its id is returned. The
         first step becomes due ``delay`` seconds from now. Called inside a
         step, the enqueue is part of the step's transaction.
+
+        ``connection`` is your own open connection of the backend's driver
+        (psycopg or PyMySQL): the job is enqueued in your current transaction
+        and exists only once you commit it. threadjobs does not commit it.
         """
         values = self._check_job(name, params, ctx, delay)
         session = self._current_session()
         if session is not None:
             return self._enqueue(session.cursor(), *values)[0]
+        if connection is not None:
+            self.backend.check_connection_type(connection)
+            self._ensure_ready()
+            with self.backend.translate_errors():
+                return self._enqueue(connection.cursor(), *values)[0]
 
         self._ensure_ready()
         job_id, _ = self.backend.transaction(lambda cur: self._enqueue(cur, *values))

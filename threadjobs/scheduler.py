@@ -138,6 +138,13 @@ class Worker:
             self.backend.name,
             extra={"action": "worker_started"},
         )
+        if self.backend.supports_notify:
+            threading.Thread(
+                target=self.backend.listen,
+                args=(self.wake, self.stopping),
+                name="threadjobs-listener",
+                daemon=True,
+            ).start()
         backoff = 0.0
         next_chores = 0.0
         try:

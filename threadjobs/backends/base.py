@@ -14,6 +14,7 @@ import abc
 import logging
 import os
 import socket
+import threading
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -24,6 +25,7 @@ import tenacity
 
 from .. import jsonvalues
 from ..errors import (
+    ConfigurationError,
     DatabaseError,
     JobNotFoundError,
     JobStateError,
@@ -128,12 +130,17 @@ class SqlBackend(abc.ABC):
     #: connection (PostgreSQL, MySQL).
     holds_row_locks: bool = True
 
+    #: True where the database can announce new due steps (``listen()``).
+    supports_notify: bool = False
+
     #: SQL fragments substituted into every query.
     now_sql: str = ""
     json_param: str = "%s"
     lock_rows: str = " FOR UPDATE"
     skip_locked: str = " FOR UPDATE SKIP LOCKED"
     like_escape: str = "ESCAPE '\\'"
+    #: A query with one parameter, a table name, that is true if it exists.
+    table_exists_sql: str = ""
 
     def __init__(self, *, retry_seconds: float = 30.0) -> None:
         self.retry_seconds = retry_seconds
@@ -170,9 +177,9 @@ class SqlBackend(abc.ABC):
     def insert_job(self, cur: Any, values: Sequence[Any]) -> Optional[int]:
         """Insert a job row unless its dedup_key exists; return the new id."""
 
-    def driver_error(self) -> type[BaseException]:
-        """The base class of the driver's exceptions."""
-        return Exception
+    def driver_error(self) -> tuple[type[BaseException], ...]:
+        """The base classes of the driver's (and its pool's) exceptions."""
+        return (Exception,)
 
     def setup_lock(self, cur: Any) -> None:
         """Serialize table creation between processes (inside a transaction).
@@ -184,6 +191,21 @@ class SqlBackend(abc.ABC):
     def adapt_user_sql(self, sql: str) -> str:
         """Turn a user query written with ``%s`` into the driver's style."""
         return sql
+
+    def listen(self, wake: Callable[[], None], stopping: threading.Event) -> None:
+        """Call ``wake`` whenever a step may have become due, until stopped.
+
+        Only dialects with ``supports_notify`` implement it; it runs in a
+        thread of its own.
+        """
+        raise NotImplementedError(f"{self.name} cannot announce due steps")
+
+    def check_connection_type(self, conn: Any) -> None:
+        """Raise ConfigurationError unless ``conn`` is this driver's."""
+        raise ConfigurationError(
+            f"execute(connection=...) is not available on {self.name}; it "
+            "needs the PostgreSQL or MySQL backend"
+        )
 
     def claim_lease(self, lease_seconds: float) -> float:
         """How long a new claim lasts before another worker may take it."""
@@ -278,33 +300,43 @@ class SqlBackend(abc.ABC):
     # -- schema --------------------------------------------------------------
 
     def setup(self) -> None:
-        """Create the tables if needed and check their version."""
+        """Create the tables if they are missing and check their version.
 
-        def work(cur: Any) -> None:
-            self.setup_lock(cur)
-            for statement in self.schema_statements():
-                cur.execute(statement)
-            self.execute(cur, "SELECT version FROM threadjobs_schema")
-            row = cur.fetchone()
-            if row is None:
-                self.execute(
-                    cur,
-                    "INSERT INTO threadjobs_schema (version) VALUES (%s)",
-                    (SCHEMA_VERSION,),
-                )
-            elif row[0] != SCHEMA_VERSION:
-                raise SchemaVersionError(
-                    f"the threadjobs tables are at schema version {row[0]}, "
-                    f"and this threadjobs reads version {SCHEMA_VERSION}; "
-                    "install the threadjobs release that matches the tables"
-                    if row[0] > SCHEMA_VERSION
-                    else f"the threadjobs tables are at schema version {row[0]}, "
-                    f"older than {SCHEMA_VERSION}, and no upgrade path "
-                    "exists; drop the threadjobs_* tables or use an older "
-                    "release"
-                )
+        Tables that exist are only read: creating them takes locks that
+        would stall workers already running on them.
+        """
+        version = self.transaction(self._read_version, write=False)
+        if version is None:
+            version = self.transaction(self._create_tables)
+        _check_version(version)
 
-        self.transaction(work)
+    def _read_version(self, cur: Any) -> Optional[int]:
+        self.execute(cur, self.table_exists_sql, ("threadjobs_schema",))
+        if not cur.fetchone()[0]:
+            return None
+        self.execute(cur, "SELECT version FROM threadjobs_schema")
+        row = cur.fetchone()
+        return None if row is None else int(row[0])
+
+    def _create_tables(self, cur: Any) -> int:
+        self.setup_lock(cur)
+        version = self._read_version(cur)  # Another process may have won.
+        if version is not None:
+            return version
+        for statement in self.schema_statements():
+            cur.execute(statement)
+        self.execute(
+            cur,
+            "INSERT INTO threadjobs_schema (version) VALUES (%s)",
+            (SCHEMA_VERSION,),
+        )
+        logger.info(
+            "created the threadjobs tables (schema version %d) on %s",
+            SCHEMA_VERSION,
+            self.name,
+            extra={"action": "schema_created"},
+        )
+        return SCHEMA_VERSION
 
     # -- enqueue -------------------------------------------------------------
 
@@ -743,6 +775,21 @@ class SqlBackend(abc.ABC):
             return int(cur.rowcount)
 
         return self.transaction(work)
+
+
+def _check_version(version: int) -> None:
+    if version > SCHEMA_VERSION:
+        raise SchemaVersionError(
+            f"the threadjobs tables are at schema version {version}, newer "
+            f"than the version {SCHEMA_VERSION} this threadjobs reads; "
+            "install the threadjobs release that made them"
+        )
+    if version < SCHEMA_VERSION:
+        raise SchemaVersionError(
+            f"the threadjobs tables are at schema version {version}, older "
+            f"than {SCHEMA_VERSION}, and there is no upgrade path from it; "
+            "drop the threadjobs_* tables or use an older release"
+        )
 
 
 def conn_in_transaction(conn: Any) -> bool:

@@ -128,6 +128,9 @@ class SqliteBackend(SqlBackend):
     now_sql = "((julianday('now') - 2440587.5) * 86400.0)"
     lock_rows = ""
     skip_locked = ""
+    table_exists_sql = (
+        "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = %s"
+    )
 
     def __init__(self, path: str = DEFAULT_PATH, **options: Any) -> None:
         super().__init__(**options)
@@ -204,8 +207,8 @@ class SqliteBackend(SqlBackend):
                     extra={"action": "wait_write_lock"},
                 )
 
-    def driver_error(self) -> type[BaseException]:
-        return sqlite3.Error
+    def driver_error(self) -> tuple[type[BaseException], ...]:
+        return (sqlite3.Error,)
 
     def is_transient(self, exc: BaseException) -> bool:
         text = str(exc).lower()
