@@ -211,3 +211,18 @@ def test_settings_are_checked() -> None:
         JobExecutor("oracle://x")
     with pytest.raises(ConfigurationError, match="names no file"):
         JobExecutor("sqlite:///:memory:")
+
+
+@pytest.mark.parametrize(("version", "message"), [(99, "newer"), (0, "older")])
+def test_tables_of_another_schema_version_are_refused(
+    ex, make_executor, version, message
+) -> None:
+    from threadjobs import SchemaVersionError
+
+    job_id = ex.execute("mail")
+    ex.exec_query("UPDATE threadjobs_schema SET version = %s", [version])
+    other = make_executor()
+    other.add(Job("mail").submit(noop))
+    with pytest.raises(SchemaVersionError, match=f"version {version}, {message}"):
+        other.execute("mail", {"new": 1})
+    assert [job.id for job in ex.list_not_ended_jobs()] == [job_id]
