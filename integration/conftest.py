@@ -13,7 +13,6 @@ from typing import Any
 import pytest
 
 from tests import servers
-from tests.conftest import server_urls  # noqa: F401 - a shared fixture
 
 SERVER_BACKENDS = [name for name in servers.backends() if name != "sqlite"]
 

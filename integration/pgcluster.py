@@ -7,6 +7,7 @@ server programs (``initdb``, ``pg_ctl``); as root they run as the
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import shutil
@@ -109,8 +110,6 @@ class TempCluster:
                 time.sleep(0.1)
 
     def remove(self) -> None:
-        try:
+        with contextlib.suppress(subprocess.CalledProcessError):
             self._run("pg_ctl", "stop", "-D", str(self.data), "-m", "immediate")
-        except subprocess.CalledProcessError:
-            pass
         shutil.rmtree(self.root, ignore_errors=True)

@@ -6,8 +6,8 @@ import psycopg
 import pytest
 from psycopg_pool import ConnectionPool
 
-from threadjobs import ConfigurationError, Job, JobExecutor
 from tests.helpers import run_until_settled
+from threadjobs import ConfigurationError, Job, JobExecutor
 
 
 @pytest.fixture

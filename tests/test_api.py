@@ -226,3 +226,22 @@ def test_tables_of_another_schema_version_are_refused(
     with pytest.raises(SchemaVersionError, match=f"version {version}, {message}"):
         other.execute("mail", {"new": 1})
     assert [job.id for job in ex.list_not_ended_jobs()] == [job_id]
+
+
+def test_older_tables_are_upgraded_by_their_migrations(
+    ex, make_executor, monkeypatch
+) -> None:
+    from threadjobs.backends import base
+
+    job_id = ex.execute("mail")
+    monkeypatch.setattr(base, "SCHEMA_VERSION", 2)
+    upgraded = make_executor()
+    monkeypatch.setattr(
+        upgraded.backend,
+        "migrations",
+        lambda: {1: ["ALTER TABLE threadjobs_jobs ADD COLUMN note VARCHAR(20)"]},
+    )
+    upgraded.add(Job("mail").submit(noop))
+    assert upgraded.get_job(job_id).name == "mail"
+    assert upgraded.exec_query("SELECT version FROM threadjobs_schema") == [(2,)]
+    assert upgraded.exec_query("SELECT note FROM threadjobs_jobs") == [(None,)]

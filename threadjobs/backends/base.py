@@ -40,7 +40,12 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 SCHEMA_VERSION = 1
-"""The version of the tables this code reads and writes."""
+"""The version of the tables this code reads and writes.
+
+A change to the tables raises it and adds the statements that upgrade the
+previous version to each dialect's ``migrations()``; ``setup()`` applies them
+in order, under the same lock as table creation.
+"""
 
 CHILDREN_KEY = ".children"
 """The ctx key under which a parent finds the final ctx of its child jobs."""
@@ -308,7 +313,37 @@ class SqlBackend(abc.ABC):
         version = self.transaction(self._read_version, write=False)
         if version is None:
             version = self.transaction(self._create_tables)
+        elif version < SCHEMA_VERSION:
+            version = self.transaction(self._migrate)
         _check_version(version)
+
+    def migrations(self) -> dict[int, list[str]]:
+        """Statements that upgrade the tables from version N to N + 1, by N.
+
+        Empty while there is one schema version. On MySQL each DDL statement
+        commits on its own, so an upgrade stopped halfway is finished by the
+        next run only if its statements can run twice.
+        """
+        return {}
+
+    def _migrate(self, cur: Any) -> int:
+        self.setup_lock(cur)
+        version = self._read_version(cur)
+        assert version is not None
+        while version < SCHEMA_VERSION:
+            statements = self.migrations().get(version)
+            if statements is None:
+                break  # _check_version() explains.
+            for statement in statements:
+                cur.execute(statement)
+            version += 1
+            self.execute(cur, "UPDATE threadjobs_schema SET version = %s", (version,))
+            logger.info(
+                "upgraded the threadjobs tables to schema version %d",
+                version,
+                extra={"action": "schema_upgraded"},
+            )
+        return version
 
     def _read_version(self, cur: Any) -> Optional[int]:
         self.execute(cur, self.table_exists_sql, ("threadjobs_schema",))
