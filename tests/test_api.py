@@ -245,3 +245,12 @@ def test_older_tables_are_upgraded_by_their_migrations(
     assert upgraded.get_job(job_id).name == "mail"
     assert upgraded.exec_query("SELECT version FROM threadjobs_schema") == [(2,)]
     assert upgraded.exec_query("SELECT note FROM threadjobs_jobs") == [(None,)]
+
+
+def test_count_jobs_per_status(ex) -> None:
+    ex.add(Job("bad").submit(lambda p: -1))
+    ex.execute("mail", {"n": 1})
+    ex.execute("bad")
+    run_until_settled(ex)
+    ex.execute("mail", {"n": 2}, delay=3600)
+    assert ex.count_jobs() == {"ended": 1, "failed": 1, "pending": 1}

@@ -317,6 +317,11 @@ class JobExecutor:
         self._ensure_ready()
         return self.backend.list_jobs(which, mask)
 
+    def count_jobs(self) -> dict[str, int]:
+        """The number of jobs per status: ``ended``, ``failed``, ``pending``."""
+        self._ensure_ready()
+        return self.backend.count_jobs()
+
     def get_job(self, job_id: int) -> JobRecord:
         """One job by id; raises JobNotFoundError if there is none."""
         self._ensure_ready()

@@ -732,6 +732,20 @@ class SqlBackend(abc.ABC):
 
         return self.transaction(work, write=False)
 
+    def count_jobs(self) -> dict[str, int]:
+        """How many jobs are ended, failed and pending."""
+
+        def work(cur: Any) -> dict[str, int]:
+            counts = {}
+            for which, where in _LIST_FILTERS.items():
+                self.execute(
+                    cur, f"SELECT COUNT(*) FROM threadjobs_jobs j WHERE {where}"
+                )
+                counts[which] = int(cur.fetchone()[0])
+            return counts
+
+        return self.transaction(work, write=False)
+
     def get_job(self, job_id: int) -> JobRecord:
         """One job by id; raises JobNotFoundError."""
 
