@@ -70,6 +70,7 @@ class Claim:
     shape: list[int]
     token: str
     unfinished_calls: int
+    calls: int
 
     @property
     def label(self) -> str:

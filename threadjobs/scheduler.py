@@ -274,6 +274,17 @@ class Worker:
 
         member = job.steps[claim.step_index][claim.member_index]
         ctx = copy.deepcopy(start.ctx)
+        if claim.step_index == 0 and claim.member_index == 0 and claim.calls == 1:
+            logger.info(
+                "%s[%d] started",
+                claim.job_name,
+                claim.job_id,
+                extra={
+                    "action": "job_started",
+                    "job_id": claim.job_id,
+                    "job": claim.job_name,
+                },
+            )
         logger.debug(
             "calling %s (%s)",
             claim.label,

@@ -464,7 +464,7 @@ class SqlBackend(abc.ABC):
             self.execute(
                 cur,
                 "SELECT s.id, s.job_id, s.job_name, s.step_index, "
-                "s.member_index, j.shape, s.unfinished_calls "
+                "s.member_index, j.shape, s.unfinished_calls, s.calls "
                 "FROM threadjobs_steps s JOIN threadjobs_jobs j "
                 "ON j.id = s.job_id WHERE s.claim_token = %s ORDER BY s.id",
                 (token,),
@@ -479,6 +479,7 @@ class SqlBackend(abc.ABC):
                     jsonvalues.loads(row[5]),
                     token,
                     row[6],
+                    row[7],
                 )
                 for row in cur.fetchall()
             ]
