@@ -10,6 +10,7 @@ from .definitions import Job
 from .errors import (
     ConfigurationError,
     DatabaseError,
+    DatabaseUnavailableError,
     DefinitionError,
     InvalidValueError,
     JobNotFoundError,
@@ -30,6 +31,7 @@ __version__ = "0.1.0"
 __all__ = [
     "ConfigurationError",
     "DatabaseError",
+    "DatabaseUnavailableError",
     "DefinitionError",
     "InvalidValueError",
     "Job",

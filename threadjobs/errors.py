@@ -49,6 +49,10 @@ class TransientDatabaseError(DatabaseError):
     """A database failure that retrying can cure (lost connection, busy, ...)."""
 
 
+class DatabaseUnavailableError(TransientDatabaseError):
+    """No connection to the database could be opened within the timeout."""
+
+
 class SchemaVersionError(DatabaseError):
     """The tables were made by a different version of threadjobs."""
 

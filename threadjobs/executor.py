@@ -81,7 +81,7 @@ class JobExecutor:
         lease_seconds: float = 5.0,
         max_unfinished_calls: int = 3,
         max_ctx_bytes: int = jsonvalues.DEFAULT_MAX_CTX_BYTES,
-        retry_seconds: float = 30.0,
+        retry_seconds: float = 10.0,
     ) -> None:
         _check_setting("threads", threads, minimum=1, integer=True)
         _check_setting("poll_interval", poll_interval, minimum=0.001)
@@ -393,7 +393,8 @@ class JobExecutor:
                 self._worker = None
 
     def _new_worker(self) -> Worker:
-        self._ensure_ready()
+        # No setup here: a worker started while the database is down waits
+        # for it with capped backoff instead of failing.
         with self._lock:
             if self._worker is not None:
                 raise JobStateError(

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Optional
 
 from .backends.base import ClaimLostError, SqlBackend, new_worker_id
-from .errors import DatabaseError, TransientDatabaseError
+from .errors import DatabaseError, SchemaVersionError, TransientDatabaseError
 from .jsonvalues import check_dict
 from .outcomes import CallAgain, Done, FailKeepWork, StartChild, interpret
 from .records import Claim
@@ -112,6 +112,9 @@ class Worker:
         self._running_lock = threading.Lock()
         self._running: dict[int, tuple[Claim, Future[None]]] = {}
         self._grace: Optional[float] = None
+        # Claims given back while the database was unreachable, to retry;
+        # guarded by _running_lock.
+        self._unreleased: list[Claim] = []
 
     def wake(self) -> None:
         """Make the scheduler look for due steps now."""
@@ -151,11 +154,14 @@ class Worker:
             while not self.stopping.is_set():
                 self._wake.clear()
                 try:
+                    self.executor._ensure_ready()
                     if time.monotonic() >= next_chores:
                         self._chores()
                         next_chores = time.monotonic() + REAP_INTERVAL_SECS
                     claimed = self._claim_and_submit(pool)
                     backoff = 0.0
+                except SchemaVersionError:
+                    raise
                 except DatabaseError as exc:
                     backoff = min(max(backoff * 2, 0.1), MAX_BACKOFF_SECS)
                     logger.warning(
@@ -206,12 +212,14 @@ class Worker:
         return len(claims) if len(claims) < free else 0
 
     def _chores(self) -> None:
-        """Free claims that outlived their worker (SQLite only)."""
-        if self.backend.holds_row_locks:
-            return
+        """Retry claim releases; free claims that outlived their worker."""
         with self._running_lock:
+            unreleased, self._unreleased = self._unreleased, []
             running = list(self._running)
-        self.backend.free_stale_claims(self.worker_id, running)
+        for claim in unreleased:
+            self._release(claim)
+        if not self.backend.holds_row_locks:
+            self.backend.free_stale_claims(self.worker_id, running)
 
     def _drain(self, pool: ThreadPoolExecutor) -> None:
         with self._running_lock:
@@ -443,10 +451,28 @@ class Worker:
     def _infrastructure_failure(
         self, conn: Any, claim: Claim, exc: BaseException
     ) -> None:
-        """A database error that is not the step's fault: retry, don't fail."""
+        """A database error that is not the step's fault: retry, don't fail.
+
+        If the error may have struck during COMMIT, the outcome is unknown
+        until the step row is read again on a fresh connection: either the
+        call committed (the claim is gone from the row) or it rolled back.
+        """
         self.backend._rollback_quietly(conn)
+        try:
+            committed = self.backend.claim_settled(claim)
+        except DatabaseError:
+            committed = None
+        if committed:
+            logger.warning(
+                "%s: the connection failed at commit, but the commit had applied: %s",
+                claim.label,
+                exc,
+                extra={"action": "commit_confirmed", "job_id": claim.job_id},
+            )
+            return
         logger.warning(
-            "%s: database error during the step call, it will run again: %s",
+            "%s: database error during the step call, it rolled back and "
+            "will run again: %s",
             claim.label,
             exc,
             extra={"action": "step_retry", "job_id": claim.job_id},
@@ -454,7 +480,10 @@ class Worker:
         self._release(claim)
 
     def _release(self, claim: Claim) -> None:
+        """Give a claim back; if the database is away, keep trying later."""
         try:
             self.backend.release_claim(claim)
         except DatabaseError:
-            logger.debug("could not release %s", claim.label, exc_info=True)
+            logger.debug("could not release %s yet", claim.label, exc_info=True)
+            with self._running_lock:
+                self._unreleased.append(claim)

@@ -27,6 +27,7 @@ from .. import jsonvalues
 from ..errors import (
     ConfigurationError,
     DatabaseError,
+    DatabaseUnavailableError,
     JobNotFoundError,
     JobStateError,
     SchemaVersionError,
@@ -147,7 +148,7 @@ class SqlBackend(abc.ABC):
     #: A query with one parameter, a table name, that is true if it exists.
     table_exists_sql: str = ""
 
-    def __init__(self, *, retry_seconds: float = 30.0) -> None:
+    def __init__(self, *, retry_seconds: float = 10.0) -> None:
         self.retry_seconds = retry_seconds
         self._sql_cache: dict[str, str] = {}
 
@@ -288,13 +289,29 @@ class SqlBackend(abc.ABC):
         if not retry:
             return attempt()
         retrying = tenacity.Retrying(
-            retry=tenacity.retry_if_exception_type(TransientDatabaseError),
+            # An unreachable server is reported at once, not retried: the
+            # connect timeout already waited.
+            retry=(
+                tenacity.retry_if_exception_type(TransientDatabaseError)
+                & tenacity.retry_if_not_exception_type(DatabaseUnavailableError)
+            ),
             wait=tenacity.wait_exponential(multiplier=0.02, max=2.0),
             stop=tenacity.stop_after_delay(self.retry_seconds),
             before_sleep=_log_retry,
             reraise=True,
         )
-        return retrying(attempt)
+        try:
+            return retrying(attempt)
+        except DatabaseUnavailableError as exc:
+            raise DatabaseUnavailableError(
+                f"{exc}; check that the database server is running and that "
+                "the URL points at it"
+            ) from exc
+        except TransientDatabaseError as exc:
+            raise TransientDatabaseError(
+                f"{exc} (gave up after retrying for {self.retry_seconds:g}s; "
+                "check that the database server is running and reachable)"
+            ) from exc
 
     def _rollback_quietly(self, conn: Any) -> None:
         try:
@@ -487,16 +504,48 @@ class SqlBackend(abc.ABC):
         return self.transaction(work)
 
     def release_claim(self, claim: Claim) -> None:
-        """Give a claimed step back untouched, e.g. after a lost connection."""
-        self.transaction(
-            lambda cur: self.execute(
+        """Give a claimed step back untouched, e.g. after a lost connection.
+
+        The call is uncounted, as it was not the step's doing. That part is
+        not tied to the claim token: the claim may have passed to another
+        worker meanwhile, and counting one call too few only loosens the
+        crash-loop bound by one.
+        """
+
+        def work(cur: Any) -> None:
+            self.execute(
                 cur,
-                "UPDATE threadjobs_steps SET claim_token = NULL, claimed_by = NULL,"
-                " claimed_until = 0, unfinished_calls = unfinished_calls - 1 "
+                "UPDATE threadjobs_steps SET claim_token = NULL, "
+                "claimed_by = NULL, claimed_until = 0 "
                 "WHERE id = %s AND claim_token = %s",
                 (claim.step_id, claim.token),
             )
-        )
+            self.execute(
+                cur,
+                "UPDATE threadjobs_steps SET unfinished_calls = "
+                "unfinished_calls - 1 WHERE id = %s AND unfinished_calls > 0",
+                (claim.step_id,),
+            )
+
+        self.transaction(work)
+
+    def claim_settled(self, claim: Claim) -> bool:
+        """Whether a claim is no longer on its step row.
+
+        Read on a fresh connection after a connection failed during a step
+        call: a step call that committed has cleared its claim token.
+        """
+
+        def work(cur: Any) -> bool:
+            self.execute(
+                cur,
+                "SELECT claim_token FROM threadjobs_steps WHERE id = %s",
+                (claim.step_id,),
+            )
+            row = cur.fetchone()
+            return row is None or row[0] != claim.token
+
+        return self.transaction(work, write=False)
 
     # -- running a step ------------------------------------------------------
 

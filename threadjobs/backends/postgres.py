@@ -23,12 +23,13 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Optional
 
-from ..errors import ConfigurationError
+from ..errors import ConfigurationError, DatabaseUnavailableError
 from .base import SqlBackend
 
 try:
     import psycopg
     import psycopg.errors
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
     from psycopg_pool import ConnectionPool, PoolTimeout
 except ImportError as exc:  # pragma: no cover - depends on the install
     raise ConfigurationError(
@@ -41,16 +42,22 @@ logger = logging.getLogger(__name__)
 CHANNEL = "threadjobs"
 """The NOTIFY channel on which due steps are announced."""
 
-CONNECT_TIMEOUT_SECS = 10
-"""How long opening one connection may take."""
+CONNECT_TIMEOUT_SECS = 5
+"""How long opening one connection, or waiting for a pooled one, may take."""
 
-# TCP keepalives: a silently dead peer is noticed within about 10 + 3 * 5 s.
+# TCP keepalives on both ends: a peer that vanished silently (a network
+# partition) is noticed within about 10 + 3 * 5 = 25 s. On the server side
+# that ends the session, which rolls back its step call and frees its row
+# lock, so a partitioned worker cannot commit that call later.
 KEEPALIVE_OPTIONS: dict[str, Any] = {
     "keepalives": 1,
     "keepalives_idle": 10,
     "keepalives_interval": 5,
     "keepalives_count": 3,
 }
+SERVER_KEEPALIVE_SETTINGS = (
+    "-c tcp_keepalives_idle=10 -c tcp_keepalives_interval=5 -c tcp_keepalives_count=3"
+)
 
 MIN_SERVER_VERSION = 110000
 """PostgreSQL 11 or newer: triggers written with EXECUTE FUNCTION need 11."""
@@ -139,9 +146,9 @@ class PostgresBackend(SqlBackend):
             info = database.conninfo
             self.conninfo = info if isinstance(info, str) else info()
         else:
-            self.conninfo = database
+            self.conninfo = with_server_keepalives(database)
             self.pool = ConnectionPool(
-                database,
+                self.conninfo,
                 min_size=1,
                 max_size=pool_size,
                 kwargs={
@@ -169,14 +176,29 @@ class PostgresBackend(SqlBackend):
     @contextmanager
     def connection(self) -> Iterator[Any]:
         self._ensure_open()
-        with self.translate_errors():
+        try:
             conn = self.pool.getconn(timeout=CONNECT_TIMEOUT_SECS)
+        except PoolTimeout as exc:
+            raise DatabaseUnavailableError(self._why_unreachable()) from exc
         try:
             yield conn
         finally:
             if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
                 self._rollback_quietly(conn)
             self.pool.putconn(conn)
+
+    def _why_unreachable(self) -> str:
+        """Connect once directly, to report the server's own reason."""
+        try:
+            psycopg.connect(self.conninfo, connect_timeout=CONNECT_TIMEOUT_SECS).close()
+        except psycopg.Error as exc:
+            reason = str(exc).strip().splitlines()[0]
+        else:
+            reason = "the connection pool is exhausted"
+        return (
+            f"cannot get a PostgreSQL connection within "
+            f"{CONNECT_TIMEOUT_SECS}s: {reason}"
+        )
 
     def close(self) -> None:
         if self._owns_pool and self._opened:
@@ -255,3 +277,14 @@ class PostgresBackend(SqlBackend):
                 f"connection= must be a psycopg Connection for the PostgreSQL "
                 f"backend, got {type(conn).__name__}"
             )
+
+
+def with_server_keepalives(url: str) -> str:
+    """Add the server-side keepalive settings to a URL's ``options``."""
+    try:
+        params = conninfo_to_dict(url)
+    except psycopg.ProgrammingError as exc:
+        raise ConfigurationError(f"not a PostgreSQL URL: {exc}") from exc
+    options = " ".join(filter(None, [params.get("options"), SERVER_KEEPALIVE_SETTINGS]))
+    params["options"] = options
+    return make_conninfo(**params)
