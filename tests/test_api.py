@@ -19,6 +19,13 @@ from threadjobs import (
 from .helpers import run_until_settled
 
 
+DEEP: dict = {}
+_inner = DEEP
+for _ in range(200):
+    _inner["x"] = {}
+    _inner = _inner["x"]
+
+
 def noop(params):
     return None
 
@@ -74,6 +81,10 @@ def test_dedup_holds_in_every_state_until_clean_up(ex) -> None:
     [
         (("nope",), UnknownJobError, "no job named 'nope'.*'.execute'"),
         (("",), Exception, "empty"),
+        (("x" * 300,), Exception, "the limit is 200"),
+        (("mail", {"deep": DEEP}), InvalidValueError, "nests deeper than 64"),
+        (("mail", {}, {"deep": DEEP}), InvalidValueError, "nests deeper than 64"),
+        (("mail", {}, {}, math.inf), InvalidValueError, "delay must be a finite"),
         (("mail", [1]), InvalidValueError, "params must be a dict, got list"),
         (("mail", {"d": datetime.datetime.now()}), InvalidValueError, "datetime"),
         (("mail", {"s": {1}}), InvalidValueError, r"params\['s'\] is a set"),

@@ -149,3 +149,24 @@ def test_worker_ignores_jobs_it_has_no_definition_for(make_executor) -> None:
     other.stop()
     assert other.get_job(job_id).status == "pending"
     assert other.get_steps(job_id)[0].calls == 0
+
+
+def test_a_step_that_kills_its_worker_fails_after_a_bounded_number_of_tries(
+    db_url, prepared
+) -> None:
+    job_id = prepared.execute("suicide")
+    deaths = 0
+    for _ in range(8):
+        worker = spawn("worker", db_url, env={"LEASE": "1"})
+        try:
+            worker.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            break  # It survived: the step is no longer called.
+        finally:
+            stop(worker)
+        deaths += 1
+    assert deaths == 3
+    job = prepared.get_job(job_id)
+    assert job.status == "failed"
+    assert "a worker died during this step 3 times in a row" in job.error
+    assert prepared.get_steps(job_id)[0].calls == 3

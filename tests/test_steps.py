@@ -234,10 +234,11 @@ def test_step_that_stores_non_json_in_ctx_fails(executor) -> None:
     assert job.ctx == {}
 
 
-def test_step_cannot_commit_its_own_transaction(counter) -> None:
+@pytest.mark.parametrize("statement", ["COMMIT", "ROLLBACK", "BEGIN", "SAVEPOINT s"])
+def test_step_cannot_end_its_own_transaction(counter, statement) -> None:
     def step(params, ctx, ex):
         ex.exec_query("INSERT INTO cnt (val) VALUES (1)")
-        ex.exec_query("COMMIT")
+        ex.exec_query(statement)
 
     counter.add(Job("j").submit(step))
     job_id = counter.execute("j")

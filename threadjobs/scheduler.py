@@ -267,7 +267,7 @@ class Worker:
         job = self.executor.definition(claim.job_name)
         problem = self._refusal(claim, job)
         if problem:
-            self._fail(claim, problem, None)
+            self._fail(claim, problem, None, called=False)
             return
 
         try:
@@ -423,7 +423,9 @@ class Worker:
         )
         self._fail(claim, f"{type(exc).__name__}: {exc}", text)
 
-    def _fail(self, claim: Claim, error: str, text: Optional[str]) -> None:
+    def _fail(
+        self, claim: Claim, error: str, text: Optional[str], *, called: bool = True
+    ) -> None:
         if text is None:
             logger.error(
                 "%s: %s",
@@ -437,7 +439,7 @@ class Worker:
                 },
             )
         try:
-            self.backend.record_failure(claim, error, text)
+            self.backend.record_failure(claim, error, text, called=called)
         except DatabaseError:
             # The claim's lease runs out and the step is called again, which
             # is safe: nothing of this call was committed.

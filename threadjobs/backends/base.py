@@ -747,17 +747,26 @@ class SqlBackend(abc.ABC):
             self.advance(cur, parent_id, parent_step)
 
     def record_failure(
-        self, claim: Claim, error: str, traceback_text: Optional[str]
+        self,
+        claim: Claim,
+        error: str,
+        traceback_text: Optional[str],
+        *,
+        called: bool = True,
     ) -> None:
-        """Flag a claimed step as failed, after its call was rolled back."""
+        """Flag a claimed step as failed, after its call was rolled back.
+
+        ``called=False`` when the worker refused to call the function at
+        all; the claim then does not count as a call.
+        """
         self.transaction(
             lambda cur: self.execute(
                 cur,
                 "UPDATE threadjobs_steps SET is_failed = 1, error = %s, "
                 "traceback = %s, claim_token = NULL, claimed_by = NULL, "
-                "claimed_until = 0, unfinished_calls = 0, updated_at = {now} "
-                "WHERE id = %s AND claim_token = %s",
-                (error, traceback_text, claim.step_id, claim.token),
+                "claimed_until = 0, unfinished_calls = 0, calls = calls - %s, "
+                "updated_at = {now} WHERE id = %s AND claim_token = %s",
+                (error, traceback_text, 0 if called else 1, claim.step_id, claim.token),
             )
         )
 

@@ -1,0 +1,5 @@
+import sys
+
+from integration.chaos.harness import main
+
+sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,335 @@
+"""Run the chaos workload under faults, then check in SQL that nothing was lost.
+
+Faults: a random worker process is SIGKILLed every ``kill_every`` seconds
+and replaced; the database server is restarted (PostgreSQL: ``pg_ctl restart
+-m immediate`` and ``-m fast`` on a private cluster; MariaDB: ``kill -9`` and
+a clean shutdown of a private server, each followed by a start) or, on
+SQLite, another process holds an exclusive lock for a few seconds. Faults
+stop once most jobs have ended, so every live worker can be seen to commit
+after the last one.
+
+Checks, all in SQL on the final database: every job ended; no step's effect
+twice; no effect of a step before its predecessors'; no session left idle in
+a transaction; every live worker committed a step after the last fault; and
+enough re-executions that the run proved something.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from threadjobs import DatabaseError, JobExecutor
+
+ROOT = Path(__file__).resolve().parents[2]
+
+EFFECT_TABLES = {
+    "postgres": "id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY",
+    "mariadb": "id BIGINT AUTO_INCREMENT PRIMARY KEY",
+    "sqlite": "id INTEGER PRIMARY KEY AUTOINCREMENT",
+}
+
+
+@dataclass
+class Plan:
+    """One scenario: the load and the faults."""
+
+    backend: str
+    jobs: int
+    workers: int
+    threads: int
+    kill_every: float
+    restarts: int
+    outage_secs: float = 3.0
+    min_reexecutions: int = 20
+    timeout: float = 600.0
+
+
+FULL = {
+    "postgres": Plan("postgres", 2000, 4, 4, 5.0, 3),
+    "mariadb": Plan("mariadb", 1000, 4, 4, 5.0, 2),
+    "sqlite": Plan("sqlite", 500, 1, 4, 3.0, 3),
+}
+SMOKE = {
+    "postgres": Plan("postgres", 200, 2, 4, 2.0, 1, min_reexecutions=1, timeout=90),
+    "mariadb": Plan("mariadb", 200, 2, 4, 2.0, 1, min_reexecutions=1, timeout=90),
+    "sqlite": Plan("sqlite", 200, 1, 4, 2.0, 1, min_reexecutions=1, timeout=90),
+}
+
+
+@dataclass
+class Report:
+    backend: str
+    jobs: int
+    wall_secs: float = 0.0
+    kills: int = 0
+    restarts: int = 0
+    step_calls: int = 0
+    effects: int = 0
+    reexecutions: int = 0
+    lost: int = -1
+    duplicated: int = -1
+    order_violations: int = -1
+    idle_in_transaction: int = -1
+    live_workers_silent: list[int] = field(default_factory=list)
+    integrity: str = "n/a"
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return not self.problems
+
+
+class Server:
+    """The database under test and its fault: a restart or a lock outage."""
+
+    def __init__(self, backend: str) -> None:
+        self.backend = backend
+        self.modes = (
+            ["immediate", "fast"] if backend == "postgres" else ["kill", "clean"]
+        )
+        if backend == "postgres":
+            from integration.pgcluster import TempCluster
+
+            self.server: Any = TempCluster().start()
+            self.url = self.server.url
+        elif backend == "mariadb":
+            from integration.mariadb_server import TempMariaDB
+
+            self.server = TempMariaDB().start()
+            self.url = self.server.url
+        else:
+            self.server = None
+            self.dir = Path(tempfile.mkdtemp(prefix="threadjobs-chaos-"))
+            self.url = f"sqlite:///{self.dir}/chaos.sqlite3"
+
+    def fault(self, number: int, seconds: float) -> str:
+        if self.backend == "sqlite":
+            path = self.url.split("://", 1)[1][1:]
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-c",
+                    "import sqlite3, sys, time\n"
+                    "c = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+                    "c.execute('BEGIN EXCLUSIVE'); time.sleep(float(sys.argv[2]))\n"
+                    "c.execute('COMMIT')",
+                    path,
+                    str(seconds),
+                ],
+                check=True,
+                timeout=60,
+            )
+            return f"exclusive lock held {seconds:g}s"
+        mode = self.modes[number % 2]
+        self.server.restart(mode)
+        if self.backend == "postgres":
+            self.server.wait_ready()
+        return f"restart ({mode})"
+
+    def remove(self) -> None:
+        if self.server is not None:
+            self.server.remove()
+
+
+def spawn(url: str, threads: int) -> subprocess.Popen[str]:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "integration.chaos.worker", url, str(threads)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    assert process.stdout is not None
+    process.stdout.readline()
+    return process
+
+
+def prepare(url: str, backend: str, jobs: int) -> JobExecutor:
+    from integration.chaos.worker import build
+
+    executor = build(url)
+    for table in ("effects", "attempts"):
+        executor.exec_query(
+            f"CREATE TABLE {table} ({EFFECT_TABLES[backend]}, job INTEGER NOT NULL, "
+            "step VARCHAR(4) NOT NULL, pid INTEGER NOT NULL, at DOUBLE PRECISION "
+            "NOT NULL)"
+        )
+    for n in range(jobs):
+        executor.execute("chaos", {"n": n})
+    return executor
+
+
+def ended(executor: JobExecutor) -> int:
+    try:
+        return executor.count_jobs()["ended"]
+    except DatabaseError:
+        return -1  # The server is restarting.
+
+
+def run(plan: Plan, log: Any = print) -> Report:
+    """Run one scenario and check it; the report says what went wrong."""
+    report = Report(plan.backend, plan.jobs)
+    server = Server(plan.backend)
+    executor = prepare(server.url, plan.backend, plan.jobs)
+    workers = [spawn(server.url, plan.threads) for _ in range(plan.workers)]
+    started = time.monotonic()
+    last_fault = time.time()
+    next_kill = started + plan.kill_every
+    fault_marks = [(i + 1) / (plan.restarts + 1) * 0.8 for i in range(plan.restarts)]
+    try:
+        while True:
+            done = ended(executor)
+            if done >= plan.jobs:
+                break
+            now = time.monotonic()
+            if now - started > plan.timeout:
+                report.problems.append(f"timed out with {done} jobs ended")
+                break
+            faulting = 0 <= done < plan.jobs * 0.8
+            if faulting and now >= next_kill:
+                victim = random.randrange(len(workers))
+                workers[victim].send_signal(signal.SIGKILL)
+                workers[victim].wait()
+                workers[victim] = spawn(server.url, plan.threads)
+                report.kills += 1
+                last_fault = time.time()
+                next_kill = now + plan.kill_every
+            if fault_marks and done >= plan.jobs * fault_marks[0]:
+                fault_marks.pop(0)
+                what = server.fault(report.restarts, plan.outage_secs)
+                report.restarts += 1
+                last_fault = time.time()
+                log(f"  fault {report.restarts}: {what} at {done} jobs ended")
+            time.sleep(0.1)
+        report.wall_secs = round(time.monotonic() - started, 1)
+        time.sleep(1.0)  # Let idle workers settle before looking at sessions.
+        check(report, executor, plan, server, workers, last_fault)
+    finally:
+        for process in workers:
+            process.kill()
+            process.wait()
+        executor.close()
+        server.remove()
+    return report
+
+
+def one(executor: JobExecutor, sql: str, params: list[Any] | None = None) -> Any:
+    return executor.exec_query(sql, params)[0][0]
+
+
+def check(
+    report: Report,
+    executor: JobExecutor,
+    plan: Plan,
+    server: Server,
+    workers: list[subprocess.Popen[str]],
+    last_fault: float,
+) -> None:
+    counts = executor.count_jobs()
+    report.lost = counts["pending"] + counts["failed"]
+    report.step_calls = one(executor, "SELECT COUNT(*) FROM attempts")
+    report.effects = one(executor, "SELECT COUNT(*) FROM effects")
+    report.reexecutions = report.step_calls - report.effects
+    report.duplicated = one(
+        executor,
+        "SELECT COUNT(*) FROM (SELECT job, step FROM effects GROUP BY job, step "
+        "HAVING COUNT(*) > 1) d",
+    )
+    report.order_violations = one(
+        executor,
+        "SELECT COUNT(*) FROM (SELECT job, "
+        "MAX(CASE WHEN step = 'a' THEN id END) AS a_last, "
+        "MIN(CASE WHEN step IN ('b0', 'b1', 'b2') THEN id END) AS b_first, "
+        "MAX(CASE WHEN step IN ('b0', 'b1', 'b2') THEN id END) AS b_last, "
+        "MIN(CASE WHEN step = 'c' THEN id END) AS c_first "
+        "FROM effects GROUP BY job) t "
+        "WHERE NOT (a_last < b_first AND b_last < c_first)",
+    )
+    report.idle_in_transaction = idle_transactions(executor, plan.backend)
+    report.live_workers_silent = [
+        process.pid
+        for process in workers
+        if one(
+            executor,
+            "SELECT COUNT(*) FROM effects WHERE pid = %s AND at > %s",
+            [process.pid, last_fault],
+        )
+        == 0
+    ]
+    if plan.backend == "sqlite":
+        report.integrity = one(executor, "PRAGMA integrity_check")
+
+    expected = plan.jobs * 5
+    if report.lost:
+        report.problems.append(f"{report.lost} jobs did not end")
+    if report.effects != expected or report.duplicated:
+        report.problems.append(
+            f"{report.effects} effects for {expected} steps, "
+            f"{report.duplicated} duplicated"
+        )
+    if report.order_violations:
+        report.problems.append(f"{report.order_violations} order violations")
+    if report.idle_in_transaction:
+        report.problems.append(
+            f"{report.idle_in_transaction} sessions idle in transaction"
+        )
+    if report.live_workers_silent:
+        report.problems.append(
+            f"live workers {report.live_workers_silent} committed nothing after "
+            "the last fault"
+        )
+    if report.reexecutions < plan.min_reexecutions:
+        report.problems.append(
+            f"only {report.reexecutions} re-executions; the run proves little"
+        )
+    if report.integrity not in ("ok", "n/a"):
+        report.problems.append(f"integrity_check: {report.integrity}")
+
+
+def idle_transactions(executor: JobExecutor, backend: str) -> int:
+    if backend == "postgres":
+        return int(
+            one(
+                executor,
+                "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = "
+                "current_database() AND state LIKE 'idle in transaction%%'",
+            )
+        )
+    if backend == "mariadb":
+        return int(
+            one(
+                executor,
+                "SELECT COUNT(*) FROM information_schema.innodb_trx "
+                "WHERE trx_mysql_thread_id <> CONNECTION_ID()",
+            )
+        )
+    # SQLite: a lingering transaction would hold the write lock.
+    executor.exec_query("CREATE TABLE IF NOT EXISTS lock_probe (x INTEGER)")
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m integration.chaos")
+    parser.add_argument("backend", choices=sorted(FULL))
+    parser.add_argument("--smoke", action="store_true", help="the small CI run")
+    parser.add_argument("--jobs", type=int)
+    args = parser.parse_args(argv)
+    plan = (SMOKE if args.smoke else FULL)[args.backend]
+    if args.jobs:
+        plan.jobs = args.jobs
+    print(f"chaos: {json.dumps(asdict(plan))}")
+    report = run(plan)
+    print(json.dumps(asdict(report), indent=2))
+    print("PASSED" if report.passed else "FAILED: " + "; ".join(report.problems))
+    return 0 if report.passed else 1

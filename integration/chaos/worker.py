@@ -1,0 +1,67 @@
+"""The chaos workload and its worker process.
+
+Each job is step ``a`` -> group ``b0, b1, b2`` -> step ``c``. Every step call
+first notes an attempt on a connection of its own (so rolled-back calls stay
+visible), then inserts one effect row inside the step's transaction, then
+sleeps a few random milliseconds.
+
+``python -m integration.chaos.worker URL THREADS`` runs a worker until killed.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import sys
+import threading
+import time
+from typing import Any
+
+from threadjobs import Job, JobExecutor
+from threadjobs.backends import open_backend
+
+_local = threading.local()
+
+
+def note_attempt(url: str, job: int, step: str) -> None:
+    backend = getattr(_local, "backend", None)
+    if backend is None:
+        backend = _local.backend = open_backend(url, retry_seconds=120)
+    backend.transaction(
+        lambda cur: cur.execute(
+            backend.adapt_user_sql(
+                "INSERT INTO attempts (job, step, pid, at) VALUES (%s, %s, %s, %s)"
+            ),
+            (job, step, os.getpid(), time.time()),
+        )
+    )
+
+
+def chaos_step(url: str, name: str) -> Any:
+    def step(params: dict[str, Any], ctx: dict[str, Any], ex: JobExecutor) -> None:
+        note_attempt(url, params["n"], name)
+        ex.exec_query(
+            "INSERT INTO effects (job, step, pid, at) VALUES (%s, %s, %s, %s)",
+            [params["n"], name, os.getpid(), time.time()],
+        )
+        time.sleep(random.uniform(0.001, 0.005))
+        ctx[name] = os.getpid()
+
+    return step
+
+
+def build(url: str, threads: int = 4) -> JobExecutor:
+    executor = JobExecutor(url, threads=threads, poll_interval=0.1)
+    executor.add(
+        Job("chaos")
+        .submit(chaos_step(url, "a"))
+        .submit([chaos_step(url, f"b{i}") for i in range(3)])
+        .submit(chaos_step(url, "c"))
+    )
+    return executor
+
+
+if __name__ == "__main__":
+    worker = build(sys.argv[1], int(sys.argv[2]))
+    print("ready", flush=True)
+    worker.run()
