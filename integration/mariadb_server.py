@@ -13,6 +13,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from .pgcluster import free_port
 
@@ -49,7 +50,14 @@ class TempMariaDB:
                 capture_output=True,
                 timeout=180,
             )
-        self.process = subprocess.Popen(
+        # The server keeps its own copy of the log file descriptor.
+        with open(self.root / "server.log", "ab") as log:
+            self.process = self._spawn(log)
+        self.wait_ready()
+        return self
+
+    def _spawn(self, log: Any) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
             [
                 self.mariadbd,
                 "--no-defaults",
@@ -62,10 +70,8 @@ class TempMariaDB:
                 *self._user,
             ],
             stdout=subprocess.DEVNULL,
-            stderr=open(self.root / "server.log", "ab"),
+            stderr=log,
         )
-        self.wait_ready()
-        return self
 
     def wait_ready(self, timeout: float = 60) -> None:
         import pymysql

@@ -18,7 +18,6 @@ from threadjobs import (
 
 from .helpers import run_until_settled
 
-
 DEEP: dict = {}
 _inner = DEEP
 for _ in range(200):
