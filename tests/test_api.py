@@ -264,3 +264,34 @@ def test_count_jobs_per_status(ex) -> None:
     run_until_settled(ex)
     ex.execute("mail", {"n": 2}, delay=3600)
     assert ex.count_jobs() == {"ended": 1, "failed": 1, "pending": 1}
+
+
+def test_execute_many_enqueues_in_order_and_deduplicates(ex) -> None:
+    existing = ex.execute("mail", {"n": 1})
+    ids = ex.execute_many("mail", [{"n": 0}, {"n": 1}, {"n": 2}, {"n": 0}], {"c": 1})
+    assert ids[1] == existing
+    assert ids[0] == ids[3]
+    assert len(set(ids)) == 3
+    assert ex.get_job(ids[2]).ctx == {"c": 1}
+    assert len(ex.list_not_ended_jobs()) == 3
+    run_until_settled(ex)
+    assert len(ex.list_ended_jobs()) == 3
+    assert ex.execute_many("mail", []) == []
+
+
+def test_execute_many_in_batches(ex) -> None:
+    ids = ex.execute_many("mail", [{"n": n} for n in range(1234)])
+    assert len(set(ids)) == 1234
+    assert ex.count_jobs()["pending"] == 1234
+    steps = ex.exec_query("SELECT COUNT(*) FROM threadjobs_steps")
+    assert steps == [(1234,)]
+
+
+def test_execute_many_checks_every_item_before_writing(ex) -> None:
+    with pytest.raises(InvalidValueError, match=r"params\['bad'\] is a set"):
+        ex.execute_many("mail", [{"n": 1}, {"bad": {1}}])
+    with pytest.raises(InvalidValueError, match="params_list must be a list"):
+        ex.execute_many("mail", {"n": 1})
+    with pytest.raises(UnknownJobError):
+        ex.execute_many("nope", [])
+    assert ex.list_not_ended_jobs() == []

@@ -177,21 +177,63 @@ class JobExecutor:
         (psycopg or PyMySQL): the job is enqueued in your current transaction
         and exists only once you commit it. threadjobs does not commit it.
         """
-        values = self._check_job(name, params, ctx, delay)
+        name, params, ctx, delay = self._check_job(name, params, ctx, delay)
+        return self._enqueue_where(name, [params], ctx, delay, connection)[0]
+
+    def execute_many(
+        self,
+        name: str,
+        params_list: Sequence[dict[str, Any]],
+        ctx: Optional[dict[str, Any]] = None,
+        delay: float = 0,
+        *,
+        connection: Any = None,
+    ) -> list[int]:
+        """Enqueue one job of ``name`` per params dict, all in one transaction.
+
+        Returns the job ids in the order of ``params_list``. De-duplication
+        works as in ``execute()``, also between items of the list. Every
+        item is checked before anything is written.
+        """
+        if isinstance(params_list, (dict, str, bytes)) or not isinstance(
+            params_list, Sequence
+        ):
+            raise InvalidValueError(
+                f"params_list must be a list of dicts, got {type(params_list).__name__}"
+            )
+        checked = [self._check_job(name, p, ctx, delay) for p in params_list]
+        if not checked:
+            self.definition(check_name(name))
+            return []
+        name, _, ctx, delay = checked[0]
+        params = [values[1] for values in checked]
+        return self._enqueue_where(name, params, ctx, delay, connection)
+
+    def _enqueue_where(
+        self,
+        name: str,
+        params_list: list[dict[str, Any]],
+        ctx: dict[str, Any],
+        delay: float,
+        connection: Any,
+    ) -> list[int]:
+        """Enqueue in the step's, the caller's or a transaction of its own."""
         session = self._current_session()
         if session is not None:
-            return self._enqueue(session.cursor(), *values)[0]
+            return self._enqueue(session.cursor(), name, params_list, ctx, delay)
         if connection is not None:
             self.backend.check_connection_type(connection)
             self._ensure_ready()
             with self.backend.translate_errors():
-                return self._enqueue(connection.cursor(), *values)[0]
+                return self._enqueue(connection.cursor(), name, params_list, ctx, delay)
 
         self._ensure_ready()
-        job_id, _ = self.backend.transaction(lambda cur: self._enqueue(cur, *values))
+        ids = self.backend.transaction(
+            lambda cur: self._enqueue(cur, name, params_list, ctx, delay)
+        )
         if self._worker is not None:
             self._worker.wake()
-        return job_id
+        return ids
 
     def _check_job(
         self, name: Any, params: Any, ctx: Any, delay: Any
@@ -218,37 +260,41 @@ class JobExecutor:
         self,
         cur: Any,
         name: str,
-        params: dict[str, Any],
+        params_list: list[dict[str, Any]],
         ctx: dict[str, Any],
         delay: float,
-    ) -> tuple[int, bool]:
-        params_json = jsonvalues.dumps(params)
+    ) -> list[int]:
         ctx_json = jsonvalues.dumps(ctx)
         jsonvalues.check_ctx_size(ctx_json, self.settings.max_ctx_bytes)
-        key = hashlib.sha256(f"{name}\n{params_json}".encode()).hexdigest()
+        items = []
+        for params in params_list:
+            params_json = jsonvalues.dumps(params)
+            key = hashlib.sha256(f"{name}\n{params_json}".encode()).hexdigest()
+            items.append((key, params_json))
         shape = self._definitions[name].shape
-        job_id, created = self.backend.enqueue(
-            cur, name, key, params_json, ctx_json, shape, delay
-        )
-        if created:
-            logger.info(
-                "%s[%d] enqueued",
-                name,
-                job_id,
-                extra={"action": "job_enqueued", "job_id": job_id, "job": name},
-            )
-        else:
-            logger.debug(
-                "%s[%d] already exists, not enqueued again",
-                name,
-                job_id,
-                extra={"action": "job_deduplicated", "job_id": job_id, "job": name},
-            )
-        return job_id, created
+        results = self.backend.enqueue(cur, name, items, ctx_json, shape, delay)
+        for job_id, created in results:
+            if created:
+                logger.info(
+                    "%s[%d] enqueued",
+                    name,
+                    job_id,
+                    extra={"action": "job_enqueued", "job_id": job_id, "job": name},
+                )
+            else:
+                logger.debug(
+                    "%s[%d] already exists, not enqueued again",
+                    name,
+                    job_id,
+                    extra={"action": "job_deduplicated", "job_id": job_id, "job": name},
+                )
+        return [job_id for job_id, _ in results]
 
     def _enqueue_child(self, cur: Any, child: StartChild) -> int:
-        values = self._check_job(child.name, child.params, child.ctx, child.delay)
-        return self._enqueue(cur, *values)[0]
+        name, params, ctx, delay = self._check_job(
+            child.name, child.params, child.ctx, child.delay
+        )
+        return self._enqueue(cur, name, [params], ctx, delay)[0]
 
     # -- SQL -----------------------------------------------------------------
 

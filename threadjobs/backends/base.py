@@ -61,6 +61,15 @@ _FAILED = (
     "EXISTS (SELECT 1 FROM threadjobs_steps s WHERE s.job_id = j.id "
     "AND s.is_failed = 1 AND s.done = 0)"
 )
+_INSERT_STEP = (
+    "INSERT INTO threadjobs_steps (job_id, job_name, step_index, "
+    "member_index, run_at, updated_at) "
+    "VALUES (%s, %s, %s, %s, {now} + %s, {now})"
+)
+
+ENQUEUE_BATCH = 500
+"""How many jobs one INSERT statement of a bulk enqueue carries."""
+
 _LIST_FILTERS = {
     "ended": "j.ended_at IS NOT NULL",
     "failed": f"j.ended_at IS NULL AND {_FAILED}",
@@ -396,27 +405,78 @@ class SqlBackend(abc.ABC):
         self,
         cur: Any,
         name: str,
-        dedup_key: str,
-        params_json: str,
+        items: Sequence[tuple[str, str]],
         ctx_json: str,
         shape: list[int],
         delay: float,
-    ) -> tuple[int, bool]:
-        """Insert a job and its first step; return (id, newly enqueued)."""
-        job_id = self.insert_job(
-            cur,
-            (name, dedup_key, params_json, ctx_json, jsonvalues.dumps(shape)),
-        )
-        if job_id is None:
-            self.execute(
-                cur,
-                "SELECT id FROM threadjobs_jobs WHERE dedup_key = %s",
-                (dedup_key,),
-            )
-            return int(cur.fetchone()[0]), False
+    ) -> list[tuple[int, bool]]:
+        """Insert jobs and their first steps; return (id, new) per item.
 
-        self._insert_step(cur, job_id, name, 0, shape[0], delay)
-        return job_id, True
+        ``items`` are (dedup_key, params_json) pairs. A key that exists
+        already, in the table or earlier in ``items``, gets that job's id.
+        """
+        shape_json = jsonvalues.dumps(shape)
+        ids: dict[str, int] = {}
+        new: set[str] = set()
+        unique = list(dict.fromkeys(key for key, _ in items))
+        params = dict(items)
+        for start in range(0, len(unique), ENQUEUE_BATCH):
+            batch = unique[start : start + ENQUEUE_BATCH]
+            rows = [(name, key, params[key], ctx_json, shape_json) for key in batch]
+            inserted = self.insert_jobs(cur, rows)
+            ids.update(inserted)
+            new.update(inserted)
+            missing = [key for key in batch if key not in inserted]
+            if missing:
+                ids.update(self._existing_ids(cur, missing))
+            self._insert_first_steps(
+                cur, name, [inserted[k] for k in batch if k in inserted], shape, delay
+            )
+        result = []
+        for key, _ in items:
+            result.append((ids[key], key in new))
+            new.discard(key)  # A repeat within one call is not new.
+        return result
+
+    def insert_jobs(self, cur: Any, rows: Sequence[Sequence[Any]]) -> dict[str, int]:
+        """Insert job rows whose dedup_key is new; return {dedup_key: id}.
+
+        One statement per row here; dialects with ``RETURNING`` do a batch.
+        """
+        inserted = {}
+        for row in rows:
+            job_id = self.insert_job(cur, row)
+            if job_id is not None:
+                inserted[row[1]] = job_id
+        return inserted
+
+    def _existing_ids(self, cur: Any, keys: Sequence[str]) -> dict[str, int]:
+        marks = ", ".join(["%s"] * len(keys))
+        self.execute(
+            cur,
+            f"SELECT dedup_key, id FROM threadjobs_jobs WHERE dedup_key IN ({marks})",
+            keys,
+        )
+        return {key: int(job_id) for key, job_id in cur.fetchall()}
+
+    def _insert_first_steps(
+        self,
+        cur: Any,
+        name: str,
+        job_ids: Sequence[int],
+        shape: list[int],
+        delay: float,
+    ) -> None:
+        if not job_ids:
+            return
+        cur.executemany(
+            self.sql(_INSERT_STEP),
+            [
+                (job_id, name, 0, member, delay)
+                for job_id in job_ids
+                for member in range(shape[0])
+            ],
+        )
 
     def _insert_step(
         self,
@@ -427,13 +487,8 @@ class SqlBackend(abc.ABC):
         size: int,
         delay: float,
     ) -> None:
-        query = (
-            "INSERT INTO threadjobs_steps (job_id, job_name, step_index, "
-            "member_index, run_at, updated_at) "
-            "VALUES (%s, %s, %s, %s, {now} + %s, {now})"
-        )
         cur.executemany(
-            self.sql(query),
+            self.sql(_INSERT_STEP),
             [(job_id, name, index, member, delay) for member in range(size)],
         )
 

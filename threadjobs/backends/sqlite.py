@@ -225,6 +225,17 @@ class SqliteBackend(SqlBackend):
     def schema_statements(self) -> list[str]:
         return _SCHEMA
 
+    def insert_jobs(self, cur: Any, rows: Sequence[Sequence[Any]]) -> dict[str, int]:
+        values = ", ".join(["(%s, %s, %s, %s, %s, {now}, {now})"] * len(rows))
+        self.execute(
+            cur,
+            "INSERT INTO threadjobs_jobs (name, dedup_key, params, ctx, shape, "
+            f"created_at, updated_at) VALUES {values} "
+            "ON CONFLICT (dedup_key) DO NOTHING RETURNING dedup_key, id",
+            [value for row in rows for value in row],
+        )
+        return {key: int(job_id) for key, job_id in cur.fetchall()}
+
     def insert_job(self, cur: Any, values: Sequence[Any]) -> Optional[int]:
         self.execute(
             cur,
