@@ -253,6 +253,16 @@ class Worker:
         try:
             with self.backend.connection() as conn:
                 self._call_on(conn, claim)
+        except DatabaseError as exc:
+            # No connection for the call: it never started, so the claim
+            # goes back uncounted.
+            logger.warning(
+                "%s: no database connection for the step call: %s",
+                claim.label,
+                exc,
+                extra={"action": "step_retry", "job_id": claim.job_id},
+            )
+            self._release(claim)
         except Exception:
             logger.exception(
                 "%s: the worker failed around the step call",

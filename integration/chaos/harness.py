@@ -17,6 +17,7 @@ enough re-executions that the run proved something.
 from __future__ import annotations
 
 import json
+import os
 import random
 import signal
 import subprocess
@@ -49,6 +50,7 @@ class Plan:
     kill_every: float
     restarts: int
     outage_secs: float = 3.0
+    sleep_ms: str = "1,5"
     min_reexecutions: int = 20
     timeout: float = 600.0
 
@@ -56,7 +58,9 @@ class Plan:
 FULL = {
     "postgres": Plan("postgres", 2000, 4, 4, 5.0, 3),
     "mariadb": Plan("mariadb", 1000, 4, 4, 5.0, 2),
-    "sqlite": Plan("sqlite", 500, 1, 4, 3.0, 3),
+    # One SQLite writer at a time, so steps sleeping longer keep more calls
+    # in flight when a worker is killed.
+    "sqlite": Plan("sqlite", 500, 1, 4, 3.0, 3, sleep_ms="5,20"),
 }
 SMOKE = {
     "postgres": Plan("postgres", 200, 2, 4, 2.0, 1, min_reexecutions=1, timeout=90),
@@ -140,9 +144,10 @@ class Server:
             self.server.remove()
 
 
-def spawn(url: str, threads: int) -> subprocess.Popen[str]:
+def spawn(url: str, threads: int, sleep_ms: str) -> subprocess.Popen[str]:
     process = subprocess.Popen(
         [sys.executable, "-m", "integration.chaos.worker", url, str(threads)],
+        env={**os.environ, "CHAOS_SLEEP_MS": sleep_ms},
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
@@ -180,7 +185,9 @@ def run(plan: Plan, log: Any = print) -> Report:
     report = Report(plan.backend, plan.jobs)
     server = Server(plan.backend)
     executor = prepare(server.url, plan.backend, plan.jobs)
-    workers = [spawn(server.url, plan.threads) for _ in range(plan.workers)]
+    workers = [
+        spawn(server.url, plan.threads, plan.sleep_ms) for _ in range(plan.workers)
+    ]
     started = time.monotonic()
     last_fault = time.time()
     next_kill = started + plan.kill_every
@@ -199,7 +206,7 @@ def run(plan: Plan, log: Any = print) -> Report:
                 victim = random.randrange(len(workers))
                 workers[victim].send_signal(signal.SIGKILL)
                 workers[victim].wait()
-                workers[victim] = spawn(server.url, plan.threads)
+                workers[victim] = spawn(server.url, plan.threads, plan.sleep_ms)
                 report.kills += 1
                 last_fault = time.time()
                 next_kill = now + plan.kill_every

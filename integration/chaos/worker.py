@@ -22,6 +22,11 @@ from threadjobs.backends import open_backend
 
 _local = threading.local()
 
+# How long a step call sleeps after writing its effect, at random.
+SLEEP_SECS = tuple(
+    float(ms) / 1000 for ms in os.environ.get("CHAOS_SLEEP_MS", "1,5").split(",")
+)
+
 
 def note_attempt(url: str, job: int, step: str) -> None:
     backend = getattr(_local, "backend", None)
@@ -44,7 +49,7 @@ def chaos_step(url: str, name: str) -> Any:
             "INSERT INTO effects (job, step, pid, at) VALUES (%s, %s, %s, %s)",
             [params["n"], name, os.getpid(), time.time()],
         )
-        time.sleep(random.uniform(0.001, 0.005))
+        time.sleep(random.uniform(*SLEEP_SECS))
         ctx[name] = os.getpid()
 
     return step

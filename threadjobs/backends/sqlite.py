@@ -150,7 +150,6 @@ class SqliteBackend(SqlBackend):
             isolation_level=None,
             check_same_thread=False,
         )
-        conn.execute("PRAGMA journal_mode = WAL")
         # FULL: a committed step survives power loss, not just a crash.
         conn.execute("PRAGMA synchronous = FULL")
         conn.execute("PRAGMA foreign_keys = ON")
@@ -247,6 +246,16 @@ class SqliteBackend(SqlBackend):
         row = cur.fetchone()
         return None if row is None else int(row[0])
 
+    def setup(self) -> None:
+        """Switch the file to WAL mode (it stays so), then create the tables.
+
+        Done once, not per connection: the switch needs a lock that another
+        process may be holding.
+        """
+        with self.connection() as conn, self.translate_errors():
+            _retry_busy(lambda: conn.execute("PRAGMA journal_mode = WAL"), self)
+        super().setup()
+
     def begin_read(self, conn: Any) -> None:
         conn.execute("BEGIN")
 
@@ -293,6 +302,17 @@ class SqliteBackend(SqlBackend):
             return freed
 
         return self.transaction(free)
+
+
+def _retry_busy(action: Any, backend: SqliteBackend) -> None:
+    deadline = time.monotonic() + LOCK_WAIT_SECS
+    while True:
+        try:
+            action()
+            return
+        except sqlite3.OperationalError as exc:
+            if not backend.is_transient(exc) or time.monotonic() > deadline:
+                raise
 
 
 def _is_dead_local_worker(worker_id: str, host: str) -> bool:
