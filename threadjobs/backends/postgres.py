@@ -298,6 +298,8 @@ def with_server_keepalives(url: str) -> str:
         params = conninfo_to_dict(url)
     except psycopg.ProgrammingError as exc:
         raise ConfigurationError(f"not a PostgreSQL URL: {exc}") from exc
-    options = " ".join(filter(None, [params.get("options"), SERVER_KEEPALIVE_SETTINGS]))
-    params["options"] = options
-    return make_conninfo(**params)
+    given = params.get("options")
+    params["options"] = (
+        f"{given} {SERVER_KEEPALIVE_SETTINGS}" if given else SERVER_KEEPALIVE_SETTINGS
+    )
+    return make_conninfo("", **params)
