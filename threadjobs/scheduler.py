@@ -20,7 +20,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Optional
 
-from .backends.base import ClaimLostError, SqlBackend, new_worker_id
+from .backends.base import (
+    ClaimLostError,
+    SqlBackend,
+    conn_in_transaction,
+    new_worker_id,
+)
 from .errors import DatabaseError, SchemaVersionError, TransientDatabaseError
 from .jsonvalues import check_dict
 from .outcomes import CallAgain, Done, FailKeepWork, StartChild, interpret
@@ -83,8 +88,6 @@ class StepSession:
 
     def cursor(self) -> Any:
         """A cursor inside the step's transaction, beginning it if needed."""
-        from .backends.base import conn_in_transaction
-
         if not conn_in_transaction(self.conn):
             with self.backend.translate_errors():
                 self.backend.begin(self.conn)
@@ -360,8 +363,6 @@ class Worker:
         ctx_before: dict[str, Any],
         ctx_after: dict[str, Any],
     ) -> None:
-        from .backends.base import conn_in_transaction
-
         # Take the database's write lock before the in-process job lock:
         # the reverse order could deadlock against a member of the same job
         # that already holds SQLite's write lock from its own exec_query.
