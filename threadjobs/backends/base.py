@@ -153,6 +153,9 @@ class SqlBackend(abc.ABC):
     json_param: str = "%s"
     lock_rows: str = " FOR UPDATE"
     skip_locked: str = " FOR UPDATE SKIP LOCKED"
+    #: How a step call locks the row it claimed: without waiting where only
+    #: a worker running that step can hold the lock.
+    lock_claimed: str = " FOR UPDATE SKIP LOCKED"
     like_escape: str = "ESCAPE '\\'"
     #: A query with one parameter, a table name, that is true if it exists.
     table_exists_sql: str = ""
@@ -215,6 +218,14 @@ class SqlBackend(abc.ABC):
         """
         raise NotImplementedError(f"{self.name} cannot announce due steps")
 
+    def check_transaction_intact(self, conn: Any) -> None:
+        """Raise TransientDatabaseError if the server already rolled back.
+
+        Where a failed statement aborts the transaction for good (PostgreSQL)
+        or nothing rolls back on its own (SQLite), there is nothing to check.
+        """
+        return None
+
     def check_connection_type(self, conn: Any) -> None:
         """Raise ConfigurationError unless ``conn`` is this driver's."""
         raise ConfigurationError(
@@ -245,6 +256,7 @@ class SqlBackend(abc.ABC):
                 json=self.json_param,
                 lock=self.lock_rows,
                 skip_locked=self.skip_locked,
+                lock_claimed=self.lock_claimed,
                 escape=self.like_escape,
             )
             text = self.adapt_sql(text)
@@ -616,7 +628,7 @@ class SqlBackend(abc.ABC):
             self.execute(
                 cur,
                 "SELECT id FROM threadjobs_steps WHERE id = %s "
-                "AND claim_token = %s AND done = 0{skip_locked}",
+                "AND claim_token = %s AND done = 0{lock_claimed}",
                 (claim.step_id, claim.token),
             )
             if cur.fetchone() is None:
@@ -640,6 +652,7 @@ class SqlBackend(abc.ABC):
         max_ctx_bytes: int,
     ) -> FinishResult:
         """Apply a step call's outcome and ctx changes, and commit."""
+        self.check_transaction_intact(conn)
         cur = conn.cursor()
         if not conn_in_transaction(conn):
             self.begin(conn)
