@@ -170,3 +170,25 @@ def test_a_step_that_kills_its_worker_fails_after_a_bounded_number_of_tries(
     assert job.status == "failed"
     assert "a worker died during this step 3 times in a row" in job.error
     assert prepared.get_steps(job_id)[0].calls == 3
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+def test_a_forked_child_runs_its_own_worker(make_executor) -> None:
+    executor = make_executor()
+    executor.add(Job("j").submit(lambda p, ctx: ctx.update(pid=os.getpid())))
+    executor.execute("j", {"n": 0})  # The parent has used its connections.
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child reports through its exit code
+        code = 1
+        try:
+            job_id = executor.execute("j", {"n": 1})
+            executor.start()
+            wait_until(lambda: executor.get_job(job_id).status == "ended")
+            code = 0 if executor.stop(timeout=10) else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    (first,) = [j for j in executor.list_ended_jobs() if j.params == {"n": 0}]
+    assert first.ctx["pid"] == pid
+    assert executor.count_jobs() == {"ended": 2, "failed": 0, "pending": 0}

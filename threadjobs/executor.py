@@ -5,8 +5,10 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import os
 import re
 import threading
+import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Optional, Union
@@ -39,6 +41,19 @@ _TRANSACTION_CONTROL = re.compile(
 )
 
 Rows = list[tuple[Any, ...]]
+
+
+# Every executor, so that a forked child can drop what it inherited.
+_EXECUTORS: weakref.WeakSet[JobExecutor] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for executor in list(_EXECUTORS):
+        executor._after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _start_named_job(
@@ -110,6 +125,7 @@ class JobExecutor:
         self._local = threading.local()
         self._definitions: dict[str, Job] = {}
         self._register(Job(EXECUTE_JOB).submit(_start_named_job))
+        _EXECUTORS.add(self)
 
     # -- definitions ---------------------------------------------------------
 
@@ -469,7 +485,7 @@ class JobExecutor:
         with self._lock:
             if not thread.is_alive():
                 self._thread = None
-        return not thread.is_alive()
+        return not thread.is_alive() and worker.unfinished_at_stop == 0
 
     @property
     def running(self) -> bool:
@@ -488,6 +504,15 @@ class JobExecutor:
         self.close()
 
     # -- internals -----------------------------------------------------------
+
+    def _after_fork(self) -> None:
+        """A forked child has no worker threads and must not use the
+        parent's connections; a worker may be started afresh."""
+        self._lock = threading.Lock()
+        self._worker = None
+        self._thread = None
+        self._local = threading.local()
+        self.backend.after_fork()
 
     def _ensure_ready(self) -> None:
         if self._ready:

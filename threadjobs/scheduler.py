@@ -115,6 +115,8 @@ class Worker:
         self._running_lock = threading.Lock()
         self._running: dict[int, tuple[Claim, Future[None]]] = {}
         self._grace: Optional[float] = None
+        #: Step calls still running when stop() stopped waiting for them.
+        self.unfinished_at_stop = 0
         # Claims given back while the database was unreachable, to retry;
         # guarded by _running_lock.
         self._unreleased: list[Claim] = []
@@ -197,7 +199,7 @@ class Worker:
             free,
             self.settings.lease_seconds,
         )
-        for claim in claims:
+        for index, claim in enumerate(claims):
             logger.debug(
                 "claimed %s",
                 claim.label,
@@ -208,11 +210,24 @@ class Worker:
                     "step": claim.step_index,
                 },
             )
-            with self._running_lock:
-                future = pool.submit(self._call, claim)
-                self._running[claim.step_id] = (claim, future)
+            if not self._submit(pool, claim):
+                for unsubmitted in claims[index:]:
+                    self._release(unsubmitted)
+                break
         # A full batch means more may be due: claim again when a thread frees.
         return len(claims) if len(claims) < free else 0
+
+    def _submit(self, pool: ThreadPoolExecutor, claim: Claim) -> bool:
+        with self._running_lock:
+            try:
+                future = pool.submit(self._call, claim)
+            except RuntimeError:
+                # The interpreter is exiting and the pool takes no more
+                # calls: the worker stops and gives its claims back.
+                self.stopping.set()
+                return False
+            self._running[claim.step_id] = (claim, future)
+        return True
 
     def _chores(self) -> None:
         """Retry claim releases; free claims that outlived their worker."""
@@ -234,6 +249,7 @@ class Worker:
 
         futures = [future for _, future in running if not future.cancelled()]
         _, still_running = wait_futures(futures, timeout=self._grace)
+        self.unfinished_at_stop = len(still_running)
         if still_running:
             logger.warning(
                 "worker %s stopped waiting for %d running step calls after "

@@ -113,6 +113,11 @@ def process_start(pid: int) -> Optional[str]:
     return fields[19]
 
 
+INHERITED: list[Any] = []
+"""Connections and pools a forked child got from its parent, kept referenced
+so that garbage collection never closes them under the parent."""
+
+
 class ClaimLostError(Exception):
     """The step's claim passed to another worker; the call must not commit."""
 
@@ -217,6 +222,14 @@ class SqlBackend(abc.ABC):
         thread of its own.
         """
         raise NotImplementedError(f"{self.name} cannot announce due steps")
+
+    def after_fork(self) -> None:
+        """In a forked child: stop using the parent's connections.
+
+        They are dropped, never closed: closing would end the parent's
+        sessions too. The backend opens new ones on demand.
+        """
+        return None
 
     def check_transaction_intact(self, conn: Any) -> None:
         """Raise TransientDatabaseError if the server already rolled back.

@@ -58,7 +58,7 @@ from ..errors import (
     DatabaseUnavailableError,
     TransientDatabaseError,
 )
-from .base import SqlBackend
+from .base import INHERITED, SqlBackend
 from .mysql_pool import (
     ConnectionPool,
     PooledConnection,
@@ -258,6 +258,10 @@ class MysqlBackend(SqlBackend):
         # Set by setup_lock() from the server's version, before the tables
         # are created.
         self._collation = "utf8mb4_bin"
+
+    def after_fork(self) -> None:
+        INHERITED.append(self.pool)
+        self.pool = ConnectionPool(self._connect, self.pool.max_size)
 
     def _connect(self) -> PooledConnection:
         conn = PooledConnection(**self.params, defer_connect=True)

@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from typing import Any, Optional
 
 from ..errors import ConfigurationError, DatabaseUnavailableError
-from .base import SqlBackend
+from .base import INHERITED, SqlBackend
 
 try:
     import psycopg
@@ -147,23 +147,45 @@ class PostgresBackend(SqlBackend):
             self.conninfo = info if isinstance(info, str) else info()
         else:
             self.conninfo = with_server_keepalives(database)
-            self.pool = ConnectionPool(
-                self.conninfo,
-                min_size=1,
-                max_size=pool_size,
-                kwargs={
-                    "autocommit": False,
-                    "connect_timeout": CONNECT_TIMEOUT_SECS,
-                    **KEEPALIVE_OPTIONS,
-                },
-                check=ConnectionPool.check_connection,
-                open=False,
-                name="threadjobs",
-            )
+            self._pool_size = pool_size
+            self.pool = self._new_pool()
             self._owns_pool = True
         # Protects _opened: the pool is opened on first use, not at import.
         self._open_lock = threading.Lock()
         self._opened = not self._owns_pool
+
+    def _new_pool(self) -> ConnectionPool:
+        return ConnectionPool(
+            self.conninfo,
+            min_size=1,
+            max_size=self._pool_size,
+            kwargs={
+                "autocommit": False,
+                "connect_timeout": CONNECT_TIMEOUT_SECS,
+                **KEEPALIVE_OPTIONS,
+            },
+            check=ConnectionPool.check_connection,
+            open=False,
+            name="threadjobs",
+        )
+
+    def after_fork(self) -> None:
+        """A pool made here is replaced; a pool passed in is the caller's.
+
+        The parent's pool has no threads in the child and its connections
+        are the parent's sessions.
+        """
+        if not self._owns_pool:
+            logger.warning(
+                "this process was forked with a connection pool in use; "
+                "give each process its own psycopg_pool.ConnectionPool",
+                extra={"action": "forked_pool"},
+            )
+            return
+        with self._open_lock:
+            INHERITED.append(self.pool)
+            self.pool = self._new_pool()
+            self._opened = False
 
     def _ensure_open(self) -> None:
         if self._opened:

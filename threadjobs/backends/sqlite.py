@@ -34,7 +34,7 @@ from contextlib import contextmanager
 from typing import Any, Optional
 
 from ..errors import ConfigurationError, TransientDatabaseError
-from .base import SqlBackend, process_start
+from .base import INHERITED, SqlBackend, process_start
 
 logger = logging.getLogger(__name__)
 
@@ -255,6 +255,12 @@ class SqliteBackend(SqlBackend):
         with self.connection() as conn, self.translate_errors():
             _retry_busy(lambda: conn.execute("PRAGMA journal_mode = WAL"), self)
         super().setup()
+
+    def after_fork(self) -> None:
+        with self._lock:
+            INHERITED.extend(self._all)
+            self._all = []
+        self._idle = queue.SimpleQueue()
 
     def begin_read(self, conn: Any) -> None:
         conn.execute("BEGIN")
