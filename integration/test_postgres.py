@@ -6,15 +6,20 @@ import psycopg
 import pytest
 from psycopg_pool import ConnectionPool
 
+from tests import servers
 from tests.helpers import run_until_settled
 from threadjobs import ConfigurationError, Job, JobExecutor
 
+pytestmark = pytest.mark.skipif(
+    "postgres" not in servers.backends(),
+    reason="no PostgreSQL server configured (THREADJOBS_TEST_POSTGRES_URL)",
+)
+
 
 @pytest.fixture
-def pg_url(server_backend, server_db):
-    if server_backend != "postgres":
-        pytest.skip("PostgreSQL only")
-    return server_db
+def pg_url(server_urls):
+    with servers.fresh_database("postgres", server_urls["postgres"]) as url:
+        yield url
 
 
 def test_enqueue_joins_the_callers_transaction(pg_url) -> None:

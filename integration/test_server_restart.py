@@ -1,4 +1,9 @@
-"""A worker survives its database server restarting, and loses nothing."""
+"""A worker survives its database server restarting, and loses nothing.
+
+Each test restarts a private server it starts itself (PostgreSQL with
+``pg_ctl restart -m fast|immediate``; MariaDB by a clean shutdown or
+``kill -9``, then a start), never the shared one.
+"""
 
 from __future__ import annotations
 
@@ -9,31 +14,44 @@ import pytest
 from tests import servers
 from tests.helpers import wait_until
 
+from .mariadb_server import TempMariaDB
 from .pgcluster import TempCluster
 from .test_workers import expected_effects, kill, labels, spawn_worker
 from .workload import TABLES, build
 
 
+SERVERS = {"postgres": TempCluster, "mariadb": TempMariaDB}
+
+
 @pytest.fixture
-def cluster():
+def cluster(request):
+    kind = request.param
     try:
-        server = TempCluster().start()
-    except RuntimeError as exc:
+        server = SERVERS[kind]().start()
+    except (RuntimeError, OSError) as exc:
         if servers.required():
-            pytest.fail(f"cannot start a private PostgreSQL server: {exc}")
-        pytest.skip(f"cannot start a private PostgreSQL server: {exc}")
+            pytest.fail(f"cannot start a private {kind} server: {exc}")
+        pytest.skip(f"cannot start a private {kind} server: {exc}")
     yield server
     server.remove()
 
 
-@pytest.mark.parametrize("mode", ["fast", "immediate"])
-def test_workers_carry_on_after_postgres_restarts(cluster, mode) -> None:
+@pytest.mark.parametrize(
+    ("cluster", "mode"),
+    [
+        ("postgres", "fast"),
+        ("postgres", "immediate"),
+        ("mariadb", "clean"),
+        ("mariadb", "kill"),
+    ],
+    indirect=["cluster"],
+)
+def test_workers_carry_on_after_the_server_restarts(cluster, mode) -> None:
     executor = build(cluster.url)
     for statement in TABLES:
         executor.exec_query(statement)
     count = 120
-    for n in range(count):
-        executor.execute("work", {"kind": "job", "n": n})
+    executor.execute_many("work", [{"kind": "job", "n": n} for n in range(count)])
     workers = [spawn_worker(cluster.url, threads=4, sleep=0.02) for _ in range(2)]
     try:
         wait_until(
