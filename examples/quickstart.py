@@ -15,14 +15,20 @@ import time
 from threadjobs import Job, JobExecutor
 
 
+def say(line: str) -> None:
+    """Print one whole line; members of a group print from different threads."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
 def step_1(params, ctx):
     ctx["val"] = 1
-    print(f"In #1   name={params['name']} val={ctx['val']}")
+    say(f"In #1   name={params['name']} val={ctx['val']}")
 
 
 def step_2_1(params, ctx):
     ctx["val1"] = ctx.get("val1", 0) + 1
-    print(f"In #2.1 name={params['name']} val1={ctx['val1']}")
+    say(f"In #2.1 name={params['name']} val1={ctx['val1']}")
     if ctx["val1"] < 4:
         return {"run_after": 0.2}  # Call me again in 0.2 seconds.
     return None
@@ -30,7 +36,7 @@ def step_2_1(params, ctx):
 
 def step_2_2(params, ctx, executor):
     ctx["valx"] = ctx.get("valx", 0) + 1
-    print(f"In #2.2 name={params['name']} valx={ctx['valx']}")
+    say(f"In #2.2 name={params['name']} valx={ctx['valx']}")
     if ctx["valx"] == 4:
         executor.execute(
             "sendmail", {"to": "lala@dodo.com", "subject": "Hi", "body": params["name"]}
@@ -42,17 +48,17 @@ def step_2_2(params, ctx, executor):
 
 def step_3(params, ctx):
     ctx["val"] += 1
-    print(f"In #3   name={params['name']} val={ctx['val']}")
+    say(f"In #3   name={params['name']} val={ctx['val']}")
 
 
 def send_mail(params, ctx):
-    print(f"Sending mail to {params['to']}")
+    say(f"Sending mail to {params['to']}")
     ctx["sent"] = True
 
 
 def confirm(params, ctx):
     if ctx["sent"]:
-        print("Sent!")
+        say("Sent!")
 
 
 def main() -> int:

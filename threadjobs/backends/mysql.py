@@ -375,7 +375,8 @@ class MysqlBackend(SqlBackend):
             )
         # In autocommit mode only BEGIN opens a transaction, and its OK
         # packet updates server_status, so the flag is exact here.
-        in_transaction = conn.server_status & SERVER_STATUS.SERVER_STATUS_IN_TRANS
+        status: int = conn.server_status  # type: ignore[attr-defined,unused-ignore]
+        in_transaction = status & SERVER_STATUS.SERVER_STATUS_IN_TRANS
         if conn.get_autocommit() and not in_transaction:
             raise ConfigurationError(
                 "connection= is in autocommit mode with no transaction open, "
