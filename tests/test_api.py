@@ -8,6 +8,7 @@ import math
 import pytest
 
 from threadjobs import (
+    ConfigurationError,
     InvalidValueError,
     Job,
     JobNotFoundError,
@@ -213,7 +214,7 @@ def test_clean_up_deletes_only_ended_jobs_and_their_steps(ex) -> None:
 
 
 def test_settings_are_checked() -> None:
-    from threadjobs import ConfigurationError, JobExecutor
+    from threadjobs import JobExecutor
 
     with pytest.raises(ConfigurationError, match="threads must be an int >= 1"):
         JobExecutor("sqlite:///x.sqlite3", threads=0)
@@ -295,3 +296,30 @@ def test_execute_many_checks_every_item_before_writing(ex) -> None:
     with pytest.raises(UnknownJobError):
         ex.execute_many("nope", [])
     assert ex.list_not_ended_jobs() == []
+
+
+# The constant that holds each backend's oldest supported server version, and
+# a value above any real server.
+TOO_NEW_MINIMUM = {
+    "sqlite": ("threadjobs.backends.sqlite", "MIN_SQLITE_VERSION", (99, 0, 0)),
+    "postgres": ("threadjobs.backends.postgres", "MIN_SERVER_VERSION", 990000),
+    "mysql": ("threadjobs.backends.mysql", "MIN_MARIADB", (99, 0, 0)),
+}
+
+
+def test_a_too_old_server_is_refused_before_anything_is_written(
+    backend_name, make_executor, monkeypatch
+) -> None:
+    import importlib
+
+    module, constant, value = TOO_NEW_MINIMUM[backend_name]
+    monkeypatch.setattr(importlib.import_module(module), constant, value)
+    if backend_name == "mysql":
+        monkeypatch.setattr(importlib.import_module(module), "MIN_MYSQL", value)
+    ex = make_executor()
+    ex.add(Job("mail").submit(noop))
+    with pytest.raises(ConfigurationError, match=r"too old|or newer"):
+        ex.execute("mail")
+
+    # No tables, and no schema version row: nothing was written.
+    assert ex.backend.transaction(ex.backend._read_version, write=False) is None

@@ -52,6 +52,9 @@ LOCK_WAIT_SECS = 300.0
 CLAIM_FOREVER_SECS = 10 * 365 * 86400.0
 """A claim's lease on SQLite: its owner's life, which reaping bounds."""
 
+# INSERT ... ON CONFLICT DO NOTHING RETURNING needs SQLite 3.35 (2021).
+MIN_SQLITE_VERSION = (3, 35, 0)
+
 _SCHEMA = [
     "CREATE TABLE IF NOT EXISTS threadjobs_schema (version INTEGER NOT NULL)",
     """CREATE TABLE IF NOT EXISTS threadjobs_jobs (
@@ -252,6 +255,13 @@ class SqliteBackend(SqlBackend):
         Done once, not per connection: the switch needs a lock that another
         process may be holding.
         """
+        if sqlite3.sqlite_version_info < MIN_SQLITE_VERSION:
+            raise ConfigurationError(
+                f"this Python's SQLite library is version "
+                f"{sqlite3.sqlite_version}, too old; threadjobs needs SQLite "
+                f"{'.'.join(map(str, MIN_SQLITE_VERSION))} or newer (use a "
+                "newer Python build, or a PostgreSQL or MySQL database)"
+            )
         with self.connection() as conn, self.translate_errors():
             _retry_busy(lambda: conn.execute("PRAGMA journal_mode = WAL"), self)
         super().setup()
