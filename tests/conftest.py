@@ -16,6 +16,7 @@ import pytest
 from threadjobs import JobExecutor
 
 from . import servers
+from .spawned import spawning
 
 BACKENDS = servers.backends()
 
@@ -60,3 +61,16 @@ def make_executor(db_url: str) -> Iterator[Callable[..., JobExecutor]]:
 @pytest.fixture
 def executor(make_executor: Callable[..., JobExecutor]) -> JobExecutor:
     return make_executor()
+
+
+@pytest.fixture
+def spawn() -> Iterator[Any]:
+    """Start background processes; each is killed when the test ends."""
+    with spawning() as start:
+        yield start
+
+
+@pytest.fixture(params=["sqlite"])
+def sqlite_url(request: Any, tmp_path: Any) -> str:
+    """An SQLite file, for tests about a command or a server, not a backend."""
+    return f"sqlite:///{tmp_path}/jobs.sqlite3"
