@@ -19,7 +19,6 @@ from .pgcluster import TempCluster
 from .test_workers import expected_effects, kill, labels, spawn_worker
 from .workload import TABLES, build
 
-
 SERVERS = {"postgres": TempCluster, "mariadb": TempMariaDB}
 
 

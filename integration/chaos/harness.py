@@ -123,7 +123,7 @@ class Server:
                     sys.executable,
                     "-c",
                     "import sqlite3, sys, time\n"
-                    "c = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+                    "c = sqlite3.connect(sys.argv[1], 60, isolation_level=None)\n"
                     "c.execute('BEGIN EXCLUSIVE'); time.sleep(float(sys.argv[2]))\n"
                     "c.execute('COMMIT')",
                     path,
@@ -238,6 +238,22 @@ def run(plan: Plan, log: Any = print) -> Report:
     return report
 
 
+def stuck_steps(executor: JobExecutor, limit: int = 5) -> list[str]:
+    """The unfinished steps of a few jobs that did not end, for the report."""
+    lines = [
+        f"job {job.id} failed: {job.error}" for job in executor.list_failed_jobs()
+    ][:limit]
+    for job in executor.list_not_ended_jobs()[:limit]:
+        for step in executor.get_steps(job.id):
+            if step.state != "done":
+                lines.append(
+                    f"job {job.id} step {step.step_index + 1}.{step.member_index + 1}"
+                    f": {step.state}, {step.calls} calls, claimed by "
+                    f"{step.claimed_by}, run at {step.run_at:%H:%M:%S}"
+                )
+    return lines
+
+
 def one(executor: JobExecutor, sql: str, params: list[Any] | None = None) -> Any:
     return executor.exec_query(sql, params)[0][0]
 
@@ -287,6 +303,7 @@ def check(
     expected = plan.jobs * 5
     if report.lost:
         report.problems.append(f"{report.lost} jobs did not end")
+        report.problems.extend(stuck_steps(executor))
     if report.effects != expected or report.duplicated:
         report.problems.append(
             f"{report.effects} effects for {expected} steps, "
@@ -340,10 +357,13 @@ def main(argv: list[str]) -> int:
     parser.add_argument("backend", choices=sorted(FULL))
     parser.add_argument("--smoke", action="store_true", help="the small CI run")
     parser.add_argument("--jobs", type=int)
+    parser.add_argument("--timeout", type=float, help="seconds before giving up")
     args = parser.parse_args(argv)
     plan = (SMOKE if args.smoke else FULL)[args.backend]
     if args.jobs:
         plan.jobs = args.jobs
+    if args.timeout:
+        plan.timeout = args.timeout
     print(f"chaos: {json.dumps(asdict(plan))}")
     report = run(plan)
     print(json.dumps(asdict(report), indent=2))

@@ -2,8 +2,9 @@
 
 Each job is step ``a`` -> group ``b0, b1, b2`` -> step ``c``. Every step call
 first notes an attempt on a connection of its own (so rolled-back calls stay
-visible), then inserts one effect row inside the step's transaction, then
-sleeps a few random milliseconds.
+visible), sleeps a few random milliseconds, inserts one effect row inside
+the step's transaction, and sleeps again: a kill can strike before the
+write or while it is uncommitted.
 
 ``python -m integration.chaos.worker URL THREADS`` runs a worker until killed.
 """
@@ -45,6 +46,7 @@ def note_attempt(url: str, job: int, step: str) -> None:
 def chaos_step(url: str, name: str) -> Any:
     def step(params: dict[str, Any], ctx: dict[str, Any], ex: JobExecutor) -> None:
         note_attempt(url, params["n"], name)
+        time.sleep(random.uniform(*SLEEP_SECS))
         ex.exec_query(
             "INSERT INTO effects (job, step, pid, at) VALUES (%s, %s, %s, %s)",
             [params["n"], name, os.getpid(), time.time()],
