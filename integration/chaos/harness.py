@@ -57,7 +57,9 @@ class Plan:
 
 FULL = {
     "postgres": Plan("postgres", 2000, 4, 4, 5.0, 3),
-    "mariadb": Plan("mariadb", 1000, 4, 4, 5.0, 2),
+    # MariaDB runs this load in seconds; longer steps keep the run long
+    # enough for several kills, each catching calls in flight.
+    "mariadb": Plan("mariadb", 1000, 4, 4, 5.0, 2, sleep_ms="5,20"),
     # One SQLite writer at a time, so steps sleeping longer keep more calls
     # in flight when a worker is killed.
     "sqlite": Plan("sqlite", 500, 1, 4, 3.0, 3, sleep_ms="5,20"),
