@@ -73,6 +73,11 @@ class Claim:
     calls: int
 
     @property
+    def group_size(self) -> int:
+        """How many members the claimed step has, as enqueued."""
+        return self.shape[self.step_index]
+
+    @property
     def label(self) -> str:
         """How logs name the step: ``NAME[ID] step S.M`` (1-based)."""
         return (

@@ -22,7 +22,9 @@ from typing import TYPE_CHECKING, Any, Optional
 
 from .backends.base import (
     ClaimLostError,
+    Continuation,
     SqlBackend,
+    StepContext,
     conn_in_transaction,
     new_worker_id,
 )
@@ -268,10 +270,19 @@ class Worker:
     # -- one step call -------------------------------------------------------
 
     def _call(self, claim: Claim) -> None:
-        """Run one claimed step call; never lets an exception escape."""
+        """Run one claimed step call, then the job's next steps that the
+        calls claim for this worker as they commit; never lets an exception
+        escape."""
         try:
             with self.backend.connection() as conn:
-                self._call_on(conn, claim)
+                next_claim = self._call_on(conn, claim)
+                while next_claim is not None:
+                    self._continue_with(claim, next_claim)
+                    claim = next_claim
+                    if self.stopping.is_set():
+                        self._release(claim)
+                        break
+                    next_claim = self._call_on(conn, claim)
         except DatabaseError as exc:
             # No connection for the call: it never started, so the claim
             # goes back uncounted.
@@ -292,22 +303,31 @@ class Worker:
             self._forget(claim)
             self._wake.set()
 
-    def _call_on(self, conn: Any, claim: Claim) -> None:
+    def _continue_with(self, done: Claim, next_claim: Claim) -> None:
+        """Let the entry of a finished call stand for the job's next step."""
+        with self._running_lock:
+            entry = self._running.pop(done.step_id, None)
+            if entry is not None:
+                self._running[next_claim.step_id] = (next_claim, entry[1])
+
+    def _call_on(self, conn: Any, claim: Claim) -> Optional[Claim]:
+        """Call one claimed step; return the job's next step if this call
+        claimed it for this worker."""
         job = self.executor.definition(claim.job_name)
         problem = self._refusal(claim, job)
         if problem:
             self._fail(claim, problem, None, called=False)
-            return
+            return None
 
         try:
             with self.backend.translate_errors():
                 start = self.backend.open_step(conn, claim)
         except ClaimLostError:
             self.backend._rollback_quietly(conn)
-            return
+            return None
         except TransientDatabaseError as exc:
             self._infrastructure_failure(conn, claim, exc)
-            return
+            return None
 
         member = job.steps[claim.step_index][claim.member_index]
         ctx = copy.deepcopy(start.ctx)
@@ -334,12 +354,15 @@ class Worker:
             },
         )
         session = StepSession(self.backend, conn, claim)
+        continuation = None
         try:
             with self.executor._step_session(session):
                 outcome = interpret(member.call(start.params, ctx, self.executor))
                 check_dict(ctx, "the ctx after the step")
+            if not self.stopping.is_set():
+                continuation = Continuation(self.worker_id, self.settings.lease_seconds)
             with self.backend.translate_errors():
-                self._commit(conn, claim, outcome, start.ctx, ctx)
+                return self._commit(conn, claim, outcome, start, ctx, continuation)
         except ClaimLostError:
             self.backend._rollback_quietly(conn)
             logger.warning(
@@ -348,10 +371,11 @@ class Worker:
                 extra={"action": "claim_lost", "job_id": claim.job_id},
             )
         except TransientDatabaseError as exc:
-            self._infrastructure_failure(conn, claim, exc)
+            self._infrastructure_failure(conn, claim, exc, continuation)
         except BaseException as exc:  # A step may raise anything at all.
             self.backend._rollback_quietly(conn)
             self._step_raised(claim, exc)
+        return None
 
     def _refusal(self, claim: Claim, job: Job) -> Optional[str]:
         """Why this claim must fail without calling the step, if it must."""
@@ -376,9 +400,10 @@ class Worker:
         conn: Any,
         claim: Claim,
         outcome: Any,
-        ctx_before: dict[str, Any],
+        start: StepContext,
         ctx_after: dict[str, Any],
-    ) -> None:
+        continuation: Optional[Continuation],
+    ) -> Optional[Claim]:
         # Take the database's write lock before the in-process job lock:
         # the reverse order could deadlock against a member of the same job
         # that already holds SQLite's write lock from its own exec_query.
@@ -389,12 +414,14 @@ class Worker:
                 conn,
                 claim,
                 outcome,
-                ctx_before,
+                start,
                 ctx_after,
                 self.executor._enqueue_child,
                 self.settings.max_ctx_bytes,
+                continuation,
             )
         self._log_outcome(claim, outcome, result.job_ended)
+        return result.next_claim
 
     def _log_outcome(self, claim: Claim, outcome: Any, ended: bool) -> None:
         extra = {
@@ -478,13 +505,18 @@ class Worker:
             )
 
     def _infrastructure_failure(
-        self, conn: Any, claim: Claim, exc: BaseException
+        self,
+        conn: Any,
+        claim: Claim,
+        exc: BaseException,
+        continuation: Optional[Continuation] = None,
     ) -> None:
         """A database error that is not the step's fault: retry, don't fail.
 
         If the error may have struck during COMMIT, the outcome is unknown
         until the step row is read again on a fresh connection: either the
-        call committed (the claim is gone from the row) or it rolled back.
+        call committed (the claim is gone from the row, and the job's next
+        step may be claimed for us: it is given back) or it rolled back.
         """
         self.backend._rollback_quietly(conn)
         try:
@@ -492,6 +524,8 @@ class Worker:
         except DatabaseError:
             committed = None
         if committed:
+            if continuation is not None:
+                self._give_back(continuation.token)
             logger.warning(
                 "%s: the connection failed at commit, but the commit had applied: %s",
                 claim.label,
@@ -507,6 +541,14 @@ class Worker:
             extra={"action": "step_retry", "job_id": claim.job_id},
         )
         self._release(claim)
+
+    def _give_back(self, token: str) -> None:
+        try:
+            self.backend.release_unstarted(token)
+        except DatabaseError:
+            # The claim's lease runs out instead (on SQLite, the worker
+            # frees its own leftovers after OWN_LEFTOVER_SECS).
+            logger.debug("could not give back claim %s", token, exc_info=True)
 
     def _release(self, claim: Claim) -> None:
         """Give a claim back; if the database is away, keep trying later."""

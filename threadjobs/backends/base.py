@@ -18,7 +18,7 @@ import threading
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Optional, TypeVar
 
 import tenacity
@@ -61,11 +61,19 @@ _FAILED = (
     "EXISTS (SELECT 1 FROM threadjobs_steps s WHERE s.job_id = j.id "
     "AND s.is_failed = 1 AND s.done = 0)"
 )
-_INSERT_STEP = (
+_INSERT_STEPS = (
     "INSERT INTO threadjobs_steps (job_id, job_name, step_index, "
-    "member_index, run_at, updated_at) "
-    "VALUES (%s, %s, %s, %s, {now} + %s, {now})"
+    "member_index, run_at, updated_at)"
 )
+_STEP_VALUES = "(%s, %s, %s, %s, {now} + %s, {now})"
+_UNCLAIM = (
+    "claim_token = NULL, claimed_by = NULL, claimed_until = 0, "
+    "unfinished_calls = 0, updated_at = {now}"
+)
+
+STEP_ROWS_PER_INSERT = 1000
+"""How many step rows one INSERT statement carries (bound parameters are
+capped per statement on every backend)."""
 
 ENQUEUE_BATCH = 500
 """How many jobs one INSERT statement of a bulk enqueue carries."""
@@ -122,12 +130,46 @@ class ClaimLostError(Exception):
     """The step's claim passed to another worker; the call must not commit."""
 
 
+@dataclass(frozen=True)
+class JobState:
+    """The job row as a step call found it under its lock."""
+
+    ctx: dict[str, Any]
+    current_step: int
+    ended: bool
+
+
 @dataclass
 class StepContext:
-    """The data a step call starts from, read when the call begins."""
+    """The data a step call starts from, read when the call begins.
+
+    ``locked_job`` is set when the call already holds the job row's lock
+    (a step of one member, on a dialect with row locks): nothing else can
+    change the row before the call commits, so finishing need not read it
+    again.
+    """
 
     params: dict[str, Any]
     ctx: dict[str, Any]
+    locked_job: Optional[JobState] = None
+
+
+@dataclass(frozen=True)
+class Continuation:
+    """Who claims a job's next step in the commit that makes it due.
+
+    The worker whose call finishes a step runs the job's next step itself
+    when it has one member: the claim, with its call counted, commits
+    together with the finished step, so no other round trip or poll is
+    needed and the crash-loop count is still committed before the next
+    call's own transaction begins.
+    """
+
+    worker_id: str
+    lease_seconds: float
+    #: The next step's claim token, chosen before the commit so that a
+    #: worker unsure whether its commit applied can give the claim back.
+    token: str = field(default_factory=lambda: uuid.uuid4().hex)
 
 
 @dataclass(frozen=True)
@@ -137,6 +179,8 @@ class FinishResult:
     job_ended: bool
     advanced: bool
     child_job_id: Optional[int] = None
+    #: The job's next step, already claimed for the continuing worker.
+    next_claim: Optional[Claim] = None
 
 
 class SqlBackend(abc.ABC):
@@ -164,6 +208,11 @@ class SqlBackend(abc.ABC):
     like_escape: str = "ESCAPE '\\'"
     #: A query with one parameter, a table name, that is true if it exists.
     table_exists_sql: str = ""
+    #: Claims due steps in one statement where the dialect has UPDATE ...
+    #: RETURNING: ``{names}`` becomes the job name placeholders; parameters
+    #: are token, worker id, lease, the names, then the limit. Rows as
+    #: ``_claim_from_row()`` reads them.
+    claim_sql: Optional[str] = None
 
     def __init__(self, *, retry_seconds: float = 10.0) -> None:
         self.retry_seconds = retry_seconds
@@ -492,16 +541,19 @@ class SqlBackend(abc.ABC):
         shape: list[int],
         delay: float,
     ) -> None:
-        if not job_ids:
-            return
-        cur.executemany(
-            self.sql(_INSERT_STEP),
-            [
-                (job_id, name, 0, member, delay)
-                for job_id in job_ids
-                for member in range(shape[0])
-            ],
-        )
+        rows = [
+            (job_id, name, 0, member, delay)
+            for job_id in job_ids
+            for member in range(shape[0])
+        ]
+        for start in range(0, len(rows), STEP_ROWS_PER_INSERT):
+            batch = rows[start : start + STEP_ROWS_PER_INSERT]
+            values = ", ".join([_STEP_VALUES] * len(batch))
+            self.execute(
+                cur,
+                f"{_INSERT_STEPS} VALUES {values}",
+                [value for row in batch for value in row],
+            )
 
     def _insert_step(
         self,
@@ -509,13 +561,46 @@ class SqlBackend(abc.ABC):
         job_id: int,
         name: str,
         index: int,
-        size: int,
-        delay: float,
-    ) -> None:
-        cur.executemany(
-            self.sql(_INSERT_STEP),
-            [(job_id, name, index, member, delay) for member in range(size)],
+        shape: list[int],
+        continuation: Optional[Continuation],
+    ) -> Optional[Claim]:
+        """Insert the rows of step ``index``, due now.
+
+        A step of one member is claimed for ``continuation`` in the same
+        statement, its call counted; the claim is returned.
+        """
+        size = shape[index]
+        if continuation is None or size != 1:
+            values = ", ".join([_STEP_VALUES] * size)
+            self.execute(
+                cur,
+                f"{_INSERT_STEPS} VALUES {values}",
+                [v for m in range(size) for v in (job_id, name, index, m, 0.0)],
+            )
+            return None
+
+        token = continuation.token
+        step_id = self.insert_returning_id(
+            cur,
+            "INSERT INTO threadjobs_steps (job_id, job_name, step_index, "
+            "member_index, run_at, updated_at, claim_token, claimed_by, "
+            "claimed_until, calls, unfinished_calls) "
+            "VALUES (%s, %s, %s, 0, {now}, {now}, %s, %s, {now} + %s, 1, 1)",
+            (
+                job_id,
+                name,
+                index,
+                token,
+                continuation.worker_id,
+                self.claim_lease(continuation.lease_seconds),
+            ),
         )
+        return Claim(step_id, job_id, name, index, 0, shape, token, 1, 1)
+
+    def insert_returning_id(self, cur: Any, query: str, params: Sequence[Any]) -> int:
+        """Run an INSERT of one row and return the new row's id."""
+        self.execute(cur, query, params)
+        return int(cur.lastrowid)
 
     # -- claiming ------------------------------------------------------------
 
@@ -536,6 +621,16 @@ class SqlBackend(abc.ABC):
             return []
         marks = ", ".join(["%s"] * len(names))
         token = uuid.uuid4().hex
+        lease = self.claim_lease(lease_seconds)
+        if self.claim_sql is not None:
+            query = self.claim_sql.replace("{names}", marks)
+
+            def claim_returning(cur: Any) -> list[Claim]:
+                self.execute(cur, query, (token, worker_id, lease, *names, limit))
+                claims = [_claim_from_row(row, token) for row in cur.fetchall()]
+                return sorted(claims, key=lambda claim: claim.step_id)
+
+            return self.transaction(claim_returning)
 
         def work(cur: Any) -> list[Claim]:
             self.execute(
@@ -556,7 +651,7 @@ class SqlBackend(abc.ABC):
                 "claimed_by = %s, claimed_until = {now} + %s, "
                 "calls = calls + 1, unfinished_calls = unfinished_calls + 1, "
                 f"updated_at = {{now}} WHERE id IN ({id_marks})",
-                (token, worker_id, self.claim_lease(lease_seconds), *ids),
+                (token, worker_id, lease, *ids),
             )
             self.execute(
                 cur,
@@ -566,20 +661,7 @@ class SqlBackend(abc.ABC):
                 "ON j.id = s.job_id WHERE s.claim_token = %s ORDER BY s.id",
                 (token,),
             )
-            return [
-                Claim(
-                    row[0],
-                    row[1],
-                    row[2],
-                    row[3],
-                    row[4],
-                    jsonvalues.loads(row[5]),
-                    token,
-                    row[6],
-                    row[7],
-                )
-                for row in cur.fetchall()
-            ]
+            return [_claim_from_row(row, token) for row in cur.fetchall()]
 
         return self.transaction(work)
 
@@ -609,6 +691,19 @@ class SqlBackend(abc.ABC):
 
         self.transaction(work)
 
+    def release_unstarted(self, token: str) -> None:
+        """Give back a claim whose call never started, counting no call."""
+        self.transaction(
+            lambda cur: self.execute(
+                cur,
+                "UPDATE threadjobs_steps SET claim_token = NULL, "
+                "claimed_by = NULL, claimed_until = 0, calls = calls - 1, "
+                "unfinished_calls = unfinished_calls - 1 "
+                "WHERE claim_token = %s AND done = 0",
+                (token,),
+            )
+        )
+
     def claim_settled(self, claim: Claim) -> bool:
         """Whether a claim is no longer on its step row.
 
@@ -633,11 +728,33 @@ class SqlBackend(abc.ABC):
         """Begin the step call's transaction and read its params and ctx.
 
         Where the dialect has row locks, the step row stays locked until the
-        call commits, so no other worker can claim it meanwhile.
+        call commits, so no other worker can claim it meanwhile; the job row
+        too when the step has one member, as no other call of the job can
+        run then. Raises ClaimLostError if the claim is no longer this
+        call's.
         """
         cur = conn.cursor()
+        lock_job = self.holds_row_locks and claim.group_size == 1
         if self.holds_row_locks:
             self.begin(conn)
+        row = self._read_claimed(cur, claim, lock_job)
+        if row is None:
+            raise ClaimLostError(claim.label)
+        params, ctx_json, current_step, ended_at = row
+        ctx = jsonvalues.loads(ctx_json)
+        locked = JobState(ctx, current_step, ended_at is not None) if lock_job else None
+        return StepContext(jsonvalues.loads(params), ctx, locked)
+
+    def _read_claimed(
+        self, cur: Any, claim: Claim, lock_job: bool
+    ) -> Optional[Sequence[Any]]:
+        """The job's params, ctx, current_step and ended_at, if the claim
+        still holds; locks the step row (and the job row if ``lock_job``).
+
+        Two statements here, as not every dialect can lock only some of the
+        rows a join returns; dialects that can override this with one.
+        """
+        if self.holds_row_locks:
             self.execute(
                 cur,
                 "SELECT id FROM threadjobs_steps WHERE id = %s "
@@ -645,64 +762,133 @@ class SqlBackend(abc.ABC):
                 (claim.step_id, claim.token),
             )
             if cur.fetchone() is None:
-                raise ClaimLostError(claim.label)
+                return None
+            self.execute(
+                cur,
+                "SELECT params, ctx, current_step, ended_at FROM threadjobs_jobs "
+                "WHERE id = %s" + ("{lock}" if lock_job else ""),
+                (claim.job_id,),
+            )
+            return cur.fetchone()  # type: ignore[no-any-return]
         self.execute(
             cur,
-            "SELECT params, ctx FROM threadjobs_jobs WHERE id = %s",
-            (claim.job_id,),
+            "SELECT j.params, j.ctx, j.current_step, j.ended_at "
+            "FROM threadjobs_steps s JOIN threadjobs_jobs j ON j.id = s.job_id "
+            "WHERE s.id = %s AND s.claim_token = %s AND s.done = 0",
+            (claim.step_id, claim.token),
         )
-        params, ctx = cur.fetchone()
-        return StepContext(jsonvalues.loads(params), jsonvalues.loads(ctx))
+        return cur.fetchone()  # type: ignore[no-any-return]
 
     def finish_step(
         self,
         conn: Any,
         claim: Claim,
         outcome: Outcome,
-        ctx_before: dict[str, Any],
+        start: StepContext,
         ctx_after: dict[str, Any],
         enqueue_child: Callable[[Any, StartChild], int],
         max_ctx_bytes: int,
+        continuation: Optional[Continuation] = None,
     ) -> FinishResult:
-        """Apply a step call's outcome and ctx changes, and commit."""
+        """Apply a step call's outcome and ctx changes, and commit.
+
+        With a ``continuation``, a next step of one member that this commit
+        makes due is claimed for that worker in the same commit.
+        """
         self.check_transaction_intact(conn)
         cur = conn.cursor()
         if not conn_in_transaction(conn):
             self.begin(conn)
-        self._check_claim(cur, claim)
-        self.execute(
-            cur,
-            "SELECT ctx FROM threadjobs_jobs WHERE id = %s{lock}",
-            (claim.job_id,),
-        )
-        (stored_ctx,) = cur.fetchone()
-        ctx = merge_ctx(jsonvalues.loads(stored_ctx), ctx_before, ctx_after)
+        job = start.locked_job or self._lock_job(cur, claim)
+        ctx = merge_ctx(job.ctx, start.ctx, ctx_after)
         ctx_json = jsonvalues.dumps(ctx)
         jsonvalues.check_ctx_size(ctx_json, max_ctx_bytes)
-        self.execute(
-            cur,
-            "UPDATE threadjobs_jobs SET ctx = {json}, updated_at = {now} WHERE id = %s",
-            (ctx_json, claim.job_id),
-        )
 
-        result = self._apply_outcome(cur, claim, outcome, enqueue_child)
-        if result.advanced:
-            ended = self.advance(cur, claim.job_id, claim.step_index)
-            result = FinishResult(ended, True, result.child_job_id)
+        if (
+            isinstance(outcome, Done)
+            and claim.group_size == 1
+            and job.current_step == claim.step_index
+            and not job.ended
+        ):
+            result = self._finish_lone_member(cur, claim, ctx_json, continuation)
+        else:
+            self.execute(
+                cur,
+                "UPDATE threadjobs_jobs SET ctx = {json}, updated_at = {now} "
+                "WHERE id = %s",
+                (ctx_json, claim.job_id),
+            )
+            result = self._apply_outcome(cur, claim, outcome, enqueue_child)
+            if result.advanced:
+                ended, next_claim = self.advance(
+                    cur, claim.job_id, claim.step_index, continuation
+                )
+                result = FinishResult(ended, True, result.child_job_id, next_claim)
         conn.commit()
         return result
 
-    def _check_claim(self, cur: Any, claim: Claim) -> None:
+    def _lock_job(self, cur: Any, claim: Claim) -> JobState:
+        """Lock and read the job row; without row locks, check the claim too.
+
+        SQLite holds its one write lock by now, so the claim read here
+        cannot change before the commit.
+        """
         if self.holds_row_locks:
-            return  # The row lock taken in open_step still holds.
+            self.execute(
+                cur,
+                "SELECT ctx, current_step, ended_at FROM threadjobs_jobs "
+                "WHERE id = %s{lock}",
+                (claim.job_id,),
+            )
+        else:
+            self.execute(
+                cur,
+                "SELECT j.ctx, j.current_step, j.ended_at FROM threadjobs_steps s "
+                "JOIN threadjobs_jobs j ON j.id = s.job_id WHERE s.id = %s "
+                "AND s.claim_token = %s AND s.done = 0",
+                (claim.step_id, claim.token),
+            )
+        row = cur.fetchone()
+        if row is None:
+            raise ClaimLostError(claim.label)
+        ctx_json, current_step, ended_at = row
+        return JobState(jsonvalues.loads(ctx_json), current_step, ended_at is not None)
+
+    def _finish_lone_member(
+        self,
+        cur: Any,
+        claim: Claim,
+        ctx_json: str,
+        continuation: Optional[Continuation],
+    ) -> FinishResult:
+        """The common case in writes only: the one member of the job's
+        current step is done, so the job moves on or ends."""
         self.execute(
             cur,
-            "SELECT id FROM threadjobs_steps WHERE id = %s "
-            "AND claim_token = %s AND done = 0",
-            (claim.step_id, claim.token),
+            f"UPDATE threadjobs_steps SET done = 1, {_UNCLAIM} WHERE id = %s",
+            (claim.step_id,),
         )
-        if cur.fetchone() is None:
-            raise ClaimLostError(claim.label)
+        next_index = claim.step_index + 1
+        if next_index < len(claim.shape):
+            self.execute(
+                cur,
+                "UPDATE threadjobs_jobs SET ctx = {json}, current_step = %s, "
+                "updated_at = {now} WHERE id = %s",
+                (ctx_json, next_index, claim.job_id),
+            )
+            next_claim = self._insert_step(
+                cur, claim.job_id, claim.job_name, next_index, claim.shape, continuation
+            )
+            return FinishResult(False, True, next_claim=next_claim)
+
+        self.execute(
+            cur,
+            "UPDATE threadjobs_jobs SET ctx = {json}, ended_at = {now}, "
+            "updated_at = {now} WHERE id = %s",
+            (ctx_json, claim.job_id),
+        )
+        self._wake_parents(cur, claim.job_id)
+        return FinishResult(True, True)
 
     def _apply_outcome(
         self,
@@ -711,22 +897,18 @@ class SqlBackend(abc.ABC):
         outcome: Outcome,
         enqueue_child: Callable[[Any, StartChild], int],
     ) -> FinishResult:
-        unclaim = (
-            "claim_token = NULL, claimed_by = NULL, claimed_until = 0, "
-            "unfinished_calls = 0, updated_at = {now}"
-        )
         where = " WHERE id = %s"
         if isinstance(outcome, Done):
             self.execute(
                 cur,
-                f"UPDATE threadjobs_steps SET done = 1, {unclaim}{where}",
+                f"UPDATE threadjobs_steps SET done = 1, {_UNCLAIM}{where}",
                 (claim.step_id,),
             )
             return FinishResult(False, True)
         if isinstance(outcome, CallAgain):
             self.execute(
                 cur,
-                f"UPDATE threadjobs_steps SET run_at = {{now}} + %s, {unclaim}{where}",
+                f"UPDATE threadjobs_steps SET run_at = {{now}} + %s, {_UNCLAIM}{where}",
                 (outcome.delay, claim.step_id),
             )
             return FinishResult(False, False)
@@ -734,7 +916,7 @@ class SqlBackend(abc.ABC):
             self.execute(
                 cur,
                 "UPDATE threadjobs_steps SET is_failed = 1, error = %s, "
-                f"traceback = NULL, {unclaim}{where}",
+                f"traceback = NULL, {_UNCLAIM}{where}",
                 (
                     f"the step returned {outcome.value!r}, a negative number: "
                     "failed on purpose, its work was kept; resume the job to "
@@ -748,18 +930,24 @@ class SqlBackend(abc.ABC):
         self.execute(
             cur,
             "UPDATE threadjobs_steps SET done = 1, child_job_id = %s, "
-            f"{unclaim}{where}",
+            f"{_UNCLAIM}{where}",
             (child_id, claim.step_id),
         )
         return FinishResult(False, True, child_id)
 
-    def advance(self, cur: Any, job_id: int, step_index: int) -> bool:
+    def advance(
+        self,
+        cur: Any,
+        job_id: int,
+        step_index: int,
+        continuation: Optional[Continuation] = None,
+    ) -> tuple[bool, Optional[Claim]]:
         """Start the next step if step ``step_index`` has wholly finished.
 
         Finished means every member is done and every child job its members
         started has ended. Runs with the job row locked, so members finishing
         at the same moment start the next step exactly once. Returns whether
-        the job ended.
+        the job ended, and the next step's claim if ``continuation`` took it.
         """
         self.execute(
             cur,
@@ -769,7 +957,7 @@ class SqlBackend(abc.ABC):
         )
         name, ctx_json, current_step, shape_json, ended_at = cur.fetchone()
         if current_step != step_index or ended_at is not None:
-            return False
+            return False, None
         self.execute(
             cur,
             "SELECT s.done, c.name, c.ctx, c.ended_at, c.id "
@@ -780,10 +968,10 @@ class SqlBackend(abc.ABC):
         )
         members = cur.fetchall()
         if any(not done for done, *_ in members):
-            return False
+            return False, None
         children = [row for row in members if row[4] is not None]
         if any(child_ended is None for *_, child_ended, _ in children):
-            return False
+            return False, None
 
         if children:
             ctx = jsonvalues.loads(ctx_json)
@@ -804,10 +992,10 @@ class SqlBackend(abc.ABC):
                 "updated_at = {now} WHERE id = %s",
                 (step_index + 1, job_id),
             )
-            self._insert_step(
-                cur, job_id, name, step_index + 1, shape[step_index + 1], 0.0
+            next_claim = self._insert_step(
+                cur, job_id, name, step_index + 1, shape, continuation
             )
-            return False
+            return False, next_claim
 
         self.execute(
             cur,
@@ -816,7 +1004,7 @@ class SqlBackend(abc.ABC):
             (job_id,),
         )
         self._wake_parents(cur, job_id)
-        return True
+        return True, None
 
     def _wake_parents(self, cur: Any, child_id: int) -> None:
         self.execute(
@@ -825,7 +1013,7 @@ class SqlBackend(abc.ABC):
             (child_id,),
         )
         for parent_id, parent_step in cur.fetchall():
-            self.advance(cur, parent_id, parent_step)
+            self.advance(cur, parent_id, parent_step)  # No continuation.
 
     def record_failure(
         self,
@@ -1007,6 +1195,23 @@ def merge_ctx(
         if key not in before or before[key] != value:
             merged[key] = value
     return merged
+
+
+def _claim_from_row(row: Sequence[Any], token: str) -> Claim:
+    """A claim from (id, job_id, job_name, step_index, member_index, shape,
+    unfinished_calls, calls)."""
+    step_id, job_id, name, step_index, member, shape, unfinished, calls = row
+    return Claim(
+        int(step_id),
+        int(job_id),
+        name,
+        int(step_index),
+        int(member),
+        jsonvalues.loads(shape),
+        token,
+        int(unfinished),
+        int(calls),
+    )
 
 
 def _job_record(row: Sequence[Any], status: str) -> JobRecord:

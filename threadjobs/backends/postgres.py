@@ -135,6 +135,17 @@ class PostgresBackend(SqlBackend):
     now_sql = "EXTRACT(EPOCH FROM clock_timestamp())::float8"
     json_param = "%s::jsonb"
     table_exists_sql = "SELECT to_regclass(%s) IS NOT NULL"
+    claim_sql = (
+        "UPDATE threadjobs_steps s SET claim_token = %s, claimed_by = %s, "
+        "claimed_until = {now} + %s, calls = s.calls + 1, "
+        "unfinished_calls = s.unfinished_calls + 1, updated_at = {now} "
+        "FROM (SELECT id FROM threadjobs_steps WHERE done = 0 AND is_failed = 0 "
+        "AND run_at <= {now} AND claimed_until < {now} AND job_name IN ({names}) "
+        "ORDER BY run_at LIMIT %s FOR UPDATE SKIP LOCKED) due "
+        "WHERE s.id = due.id RETURNING s.id, s.job_id, s.job_name, s.step_index, "
+        "s.member_index, (SELECT shape FROM threadjobs_jobs j WHERE j.id = s.job_id), "
+        "s.unfinished_calls, s.calls"
+    )
 
     def __init__(
         self, database: str | ConnectionPool, *, pool_size: int = 10, **options: Any
@@ -275,6 +286,32 @@ class PostgresBackend(SqlBackend):
         )
         row = cur.fetchone()
         return None if row is None else int(row[0])
+
+    def insert_returning_id(self, cur: Any, query: str, params: Sequence[Any]) -> int:
+        self.execute(cur, query + " RETURNING id", params)
+        return int(cur.fetchone()[0])
+
+    def _read_claimed(
+        self, cur: Any, claim: Any, lock_job: bool
+    ) -> Optional[Sequence[Any]]:
+        """One statement: PostgreSQL locks the rows of each table apart.
+
+        The step row is skipped if locked (another call holds it, so the
+        claim is lost); the job row is waited for, as only short
+        transactions (a group member committing, a child job ending) lock
+        it.
+        """
+        lock = " FOR UPDATE OF s SKIP LOCKED"
+        if lock_job:
+            lock += " FOR NO KEY UPDATE OF j"
+        self.execute(
+            cur,
+            "SELECT j.params, j.ctx, j.current_step, j.ended_at "
+            "FROM threadjobs_steps s JOIN threadjobs_jobs j ON j.id = s.job_id "
+            "WHERE s.id = %s AND s.claim_token = %s AND s.done = 0" + lock,
+            (claim.step_id, claim.token),
+        )
+        return cur.fetchone()  # type: ignore[no-any-return]
 
     def listen(self, wake: Callable[[], None], stopping: threading.Event) -> None:
         """Call ``wake`` on every notification until ``stopping`` is set.

@@ -52,6 +52,10 @@ LOCK_WAIT_SECS = 300.0
 CLAIM_FOREVER_SECS = 10 * 365 * 86400.0
 """A claim's lease on SQLite: its owner's life, which reaping bounds."""
 
+OWN_LEFTOVER_SECS = 10.0
+"""How old a claim of a live worker's own, not among its running calls,
+must be before the worker frees it as a leftover."""
+
 # INSERT ... ON CONFLICT DO NOTHING RETURNING needs SQLite 3.35 (2021).
 MIN_SQLITE_VERSION = (3, 35, 0)
 
@@ -133,6 +137,19 @@ class SqliteBackend(SqlBackend):
     skip_locked = ""
     table_exists_sql = (
         "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = %s"
+    )
+    # The write lock is the database's, so the due rows cannot change
+    # between the inner SELECT and the UPDATE.
+    claim_sql = (
+        "UPDATE threadjobs_steps SET claim_token = %s, claimed_by = %s, "
+        "claimed_until = {now} + %s, calls = calls + 1, "
+        "unfinished_calls = unfinished_calls + 1, updated_at = {now} "
+        "WHERE id IN (SELECT id FROM threadjobs_steps WHERE done = 0 "
+        "AND is_failed = 0 AND run_at <= {now} AND claimed_until < {now} "
+        "AND job_name IN ({names}) ORDER BY run_at LIMIT %s) "
+        "RETURNING id, job_id, job_name, step_index, member_index, "
+        "(SELECT shape FROM threadjobs_jobs j WHERE j.id = job_id), "
+        "unfinished_calls, calls"
     )
 
     def __init__(self, path: str = DEFAULT_PATH, **options: Any) -> None:
@@ -299,14 +316,19 @@ class SqliteBackend(SqlBackend):
         def free(cur: Any) -> int:
             freed = 0
             for worker in dead:
-                keep = [-1, *running] if worker == worker_id else [-1]
+                own = worker == worker_id
+                keep = [-1, *running] if own else [-1]
                 marks = ", ".join(["%s"] * len(keep))
+                # A call claims its job's next step in its commit and only
+                # then shows it in ``running``: a fresh claim of our own may
+                # be missing there, so only old leftovers are ours to free.
                 self.execute(
                     cur,
                     "UPDATE threadjobs_steps SET claimed_until = 0 "
                     "WHERE claimed_by = %s AND claim_token IS NOT NULL "
-                    f"AND done = 0 AND id NOT IN ({marks})",
-                    (worker, *keep),
+                    f"AND done = 0 AND id NOT IN ({marks}) "
+                    "AND updated_at < {now} - %s",
+                    (worker, *keep, OWN_LEFTOVER_SECS if own else -1.0),
                 )
                 freed += cur.rowcount
                 if worker != worker_id:
