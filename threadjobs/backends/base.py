@@ -71,6 +71,9 @@ _UNCLAIM = (
     "unfinished_calls = 0, updated_at = {now}"
 )
 
+Write = tuple[str, Sequence[Any]]
+"""A statement and its parameters."""
+
 STEP_ROWS_PER_INSERT = 1000
 """How many step rows one INSERT statement carries (bound parameters are
 capped per statement on every backend)."""
@@ -563,8 +566,9 @@ class SqlBackend(abc.ABC):
         index: int,
         shape: list[int],
         continuation: Optional[Continuation],
+        leading: Sequence[Write] = (),
     ) -> Optional[Claim]:
-        """Insert the rows of step ``index``, due now.
+        """Insert the rows of step ``index``, due now, after ``leading``.
 
         A step of one member is claimed for ``continuation`` in the same
         statement, its call counted; the claim is returned.
@@ -572,8 +576,9 @@ class SqlBackend(abc.ABC):
         size = shape[index]
         if continuation is None or size != 1:
             values = ", ".join([_STEP_VALUES] * size)
-            self.execute(
+            self.execute_together(
                 cur,
+                leading,
                 f"{_INSERT_STEPS} VALUES {values}",
                 [v for m in range(size) for v in (job_id, name, index, m, 0.0)],
             )
@@ -582,6 +587,7 @@ class SqlBackend(abc.ABC):
         token = continuation.token
         step_id = self.insert_returning_id(
             cur,
+            leading,
             "INSERT INTO threadjobs_steps (job_id, job_name, step_index, "
             "member_index, run_at, updated_at, claim_token, claimed_by, "
             "claimed_until, calls, unfinished_calls) "
@@ -597,10 +603,28 @@ class SqlBackend(abc.ABC):
         )
         return Claim(step_id, job_id, name, index, 0, shape, token, 1, 1)
 
-    def insert_returning_id(self, cur: Any, query: str, params: Sequence[Any]) -> int:
-        """Run an INSERT of one row and return the new row's id."""
-        self.execute(cur, query, params)
+    def insert_returning_id(
+        self, cur: Any, leading: Sequence[Write], query: str, params: Sequence[Any]
+    ) -> int:
+        """Run ``leading``, then an INSERT of one row; return the row's id."""
+        self.execute_together(cur, leading, query, params)
         return int(cur.lastrowid)
+
+    def execute_together(
+        self,
+        cur: Any,
+        leading: Sequence[Write],
+        query: str,
+        params: Sequence[Any],
+    ) -> Any:
+        """Run writes whose results nobody reads, then ``query``.
+
+        One statement each here; a dialect that can send them as one
+        statement saves the round trips.
+        """
+        for write, write_params in leading:
+            self.execute(cur, write, write_params)
+        return self.execute(cur, query, params)
 
     # -- claiming ------------------------------------------------------------
 
@@ -863,31 +887,34 @@ class SqlBackend(abc.ABC):
     ) -> FinishResult:
         """The common case in writes only: the one member of the job's
         current step is done, so the job moves on or ends."""
-        self.execute(
-            cur,
+        mark_done: Write = (
             f"UPDATE threadjobs_steps SET done = 1, {_UNCLAIM} WHERE id = %s",
             (claim.step_id,),
         )
         next_index = claim.step_index + 1
         if next_index < len(claim.shape):
-            self.execute(
-                cur,
+            move_on: Write = (
                 "UPDATE threadjobs_jobs SET ctx = {json}, current_step = %s, "
                 "updated_at = {now} WHERE id = %s",
                 (ctx_json, next_index, claim.job_id),
             )
             next_claim = self._insert_step(
-                cur, claim.job_id, claim.job_name, next_index, claim.shape, continuation
+                cur,
+                claim.job_id,
+                claim.job_name,
+                next_index,
+                claim.shape,
+                continuation,
+                [mark_done, move_on],
             )
             return FinishResult(False, True, next_claim=next_claim)
 
-        self.execute(
-            cur,
+        end: Write = (
             "UPDATE threadjobs_jobs SET ctx = {json}, ended_at = {now}, "
             "updated_at = {now} WHERE id = %s",
             (ctx_json, claim.job_id),
         )
-        self._wake_parents(cur, claim.job_id)
+        self._wake_parents(cur, claim.job_id, [mark_done, end])
         return FinishResult(True, True)
 
     def _apply_outcome(
@@ -1006,9 +1033,12 @@ class SqlBackend(abc.ABC):
         self._wake_parents(cur, job_id)
         return True, None
 
-    def _wake_parents(self, cur: Any, child_id: int) -> None:
-        self.execute(
+    def _wake_parents(
+        self, cur: Any, child_id: int, leading: Sequence[Write] = ()
+    ) -> None:
+        self.execute_together(
             cur,
+            leading,
             "SELECT job_id, step_index FROM threadjobs_steps WHERE child_job_id = %s",
             (child_id,),
         )

@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Optional
 
 from ..errors import ConfigurationError, DatabaseUnavailableError
-from .base import INHERITED, SqlBackend
+from .base import INHERITED, SqlBackend, Write
 
 try:
     import psycopg
@@ -41,6 +42,12 @@ logger = logging.getLogger(__name__)
 
 CHANNEL = "threadjobs"
 """The NOTIFY channel on which due steps are announced."""
+
+CHECK_AFTER_IDLE_SECS = 1.0
+"""A pooled connection idle this long is checked before it is lent."""
+
+_RETURNED_AT = "_threadjobs_returned_at"
+"""The attribute on a pooled connection that says when it came back."""
 
 CONNECT_TIMEOUT_SECS = 5
 """How long opening one connection, or waiting for a pooled one, may take."""
@@ -175,7 +182,7 @@ class PostgresBackend(SqlBackend):
                 "connect_timeout": CONNECT_TIMEOUT_SECS,
                 **KEEPALIVE_OPTIONS,
             },
-            check=ConnectionPool.check_connection,
+            check=check_if_idle,
             open=False,
             name="threadjobs",
         )
@@ -218,6 +225,7 @@ class PostgresBackend(SqlBackend):
         finally:
             if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
                 self._rollback_quietly(conn)
+            setattr(conn, _RETURNED_AT, time.monotonic())
             self.pool.putconn(conn)
 
     def _why_unreachable(self) -> str:
@@ -287,9 +295,29 @@ class PostgresBackend(SqlBackend):
         row = cur.fetchone()
         return None if row is None else int(row[0])
 
-    def insert_returning_id(self, cur: Any, query: str, params: Sequence[Any]) -> int:
-        self.execute(cur, query + " RETURNING id", params)
+    def insert_returning_id(
+        self, cur: Any, leading: Sequence[Write], query: str, params: Sequence[Any]
+    ) -> int:
+        self.execute_together(cur, leading, query + " RETURNING id", params)
         return int(cur.fetchone()[0])
+
+    def execute_together(
+        self,
+        cur: Any,
+        leading: Sequence[Write],
+        query: str,
+        params: Sequence[Any],
+    ) -> Any:
+        """One statement: the writes become data-modifying WITH queries.
+
+        They all see the snapshot taken before the statement, so ``query``
+        must not depend on their effects; later statements see them.
+        """
+        if not leading:
+            return self.execute(cur, query, params)
+        queries = ", ".join(f"w{i} AS ({q})" for i, (q, _) in enumerate(leading))
+        values = [value for _, write_params in leading for value in write_params]
+        return self.execute(cur, f"WITH {queries} {query}", [*values, *params])
 
     def _read_claimed(
         self, cur: Any, claim: Any, lock_job: bool
@@ -349,6 +377,17 @@ class PostgresBackend(SqlBackend):
                 f"connection= must be a psycopg Connection for the PostgreSQL "
                 f"backend, got {type(conn).__name__}"
             )
+
+
+def check_if_idle(conn: Any) -> None:
+    """The pool's check before lending a connection: a round trip, so only
+    for one that sat idle long enough to have been dropped unnoticed.
+
+    A connection that died more recently fails at its first statement,
+    which threadjobs treats like any lost connection: the work is retried.
+    """
+    if time.monotonic() - getattr(conn, _RETURNED_AT, 0.0) > CHECK_AFTER_IDLE_SECS:
+        ConnectionPool.check_connection(conn)
 
 
 def with_server_keepalives(url: str) -> str:
