@@ -94,6 +94,16 @@ def loads(text: str | bytes | dict[str, Any] | list[Any]) -> Any:
     return json.loads(text)
 
 
+def copy_json(value: Any) -> Any:
+    """A deep copy of JSON data, several times faster than copy.deepcopy."""
+    kind = type(value)
+    if kind is dict:
+        return {key: copy_json(item) for key, item in value.items()}
+    if kind is list:
+        return [copy_json(item) for item in value]
+    return value
+
+
 def check_ctx_size(encoded: str, max_bytes: int, field: str = "ctx") -> None:
     """Raise InvalidValueError if the encoded ctx is over the size cap."""
     size = len(encoded.encode("utf-8"))

@@ -8,7 +8,6 @@ call on its own pooled connection and transaction.
 
 from __future__ import annotations
 
-import copy
 import logging
 import threading
 import time
@@ -16,7 +15,7 @@ import traceback
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Optional
 
@@ -25,11 +24,10 @@ from .backends.base import (
     Continuation,
     SqlBackend,
     StepContext,
-    conn_in_transaction,
     new_worker_id,
 )
 from .errors import DatabaseError, SchemaVersionError, TransientDatabaseError
-from .jsonvalues import check_dict
+from .jsonvalues import check_dict, copy_json
 from .outcomes import CallAgain, Done, FailKeepWork, StartChild, interpret
 from .records import Claim
 
@@ -90,9 +88,8 @@ class StepSession:
 
     def cursor(self) -> Any:
         """A cursor inside the step's transaction, beginning it if needed."""
-        if not conn_in_transaction(self.conn):
-            with self.backend.translate_errors():
-                self.backend.begin(self.conn)
+        with self.backend.translate_errors():
+            self.backend.ensure_transaction(self.conn)
         return self.conn.cursor()
 
 
@@ -330,7 +327,7 @@ class Worker:
             return None
 
         member = job.steps[claim.step_index][claim.member_index]
-        ctx = copy.deepcopy(start.ctx)
+        ctx = copy_json(start.ctx)
         if claim.step_index == 0 and claim.member_index == 0 and claim.calls == 1:
             logger.info(
                 "%s[%d] started",
@@ -342,17 +339,18 @@ class Worker:
                     "job": claim.job_name,
                 },
             )
-        logger.debug(
-            "calling %s (%s)",
-            claim.label,
-            member.label,
-            extra={
-                "action": "step_call",
-                "job_id": claim.job_id,
-                "job": claim.job_name,
-                "step": claim.step_index,
-            },
-        )
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug(
+                "calling %s (%s)",
+                claim.label,
+                member.label,
+                extra={
+                    "action": "step_call",
+                    "job_id": claim.job_id,
+                    "job": claim.job_name,
+                    "step": claim.step_index,
+                },
+            )
         session = StepSession(self.backend, conn, claim)
         continuation = None
         try:
@@ -360,7 +358,11 @@ class Worker:
                 outcome = interpret(member.call(start.params, ctx, self.executor))
                 check_dict(ctx, "the ctx after the step")
             if not self.stopping.is_set():
-                continuation = Continuation(self.worker_id, self.settings.lease_seconds)
+                continuation = Continuation(
+                    self.worker_id,
+                    self.settings.lease_seconds,
+                    self.executor.job_names(),
+                )
             with self.backend.translate_errors():
                 return self._commit(conn, claim, outcome, start, ctx, continuation)
         except ClaimLostError:
@@ -407,9 +409,10 @@ class Worker:
         # Take the database's write lock before the in-process job lock:
         # the reverse order could deadlock against a member of the same job
         # that already holds SQLite's write lock from its own exec_query.
-        if not conn_in_transaction(conn):
-            self.backend.begin(conn)
-        with self._job_locks.hold(claim.job_id):
+        self.backend.ensure_transaction(conn)
+        # Only members of one group can run side by side in this process.
+        job_lock = nullcontext() if claim.group_size == 1 else None
+        with job_lock or self._job_locks.hold(claim.job_id):
             result = self.backend.finish_step(
                 conn,
                 claim,
@@ -443,6 +446,8 @@ class Worker:
                 outcome.name,
                 extra={"action": "child_started", **extra},
             )
+        elif not logger.isEnabledFor(logging.DEBUG):
+            pass  # Labels are not worth formatting for nothing.
         elif isinstance(outcome, CallAgain):
             logger.debug(
                 "%s will be called again in %.3fs",

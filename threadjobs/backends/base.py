@@ -15,10 +15,11 @@ import logging
 import os
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Optional, TypeVar
 
 import tenacity
@@ -78,6 +79,9 @@ STEP_ROWS_PER_INSERT = 1000
 """How many step rows one INSERT statement carries (bound parameters are
 capped per statement on every backend)."""
 
+FIRST_RETRY_SECS = 0.02
+"""The pause before a transaction that failed transiently is tried again."""
+
 ENQUEUE_BATCH = 500
 """How many jobs one INSERT statement of a bulk enqueue carries."""
 
@@ -96,6 +100,11 @@ def new_worker_id() -> str:
     pid = os.getpid()
     started = process_start(pid) or "0"
     return f"{socket.gethostname()}:{pid}:{started}:{uuid.uuid4().hex[:8]}"
+
+
+def new_token() -> str:
+    """A random claim token: 128 bits, as hex."""
+    return os.urandom(16).hex()
 
 
 def process_start(pid: int) -> Optional[str]:
@@ -159,20 +168,24 @@ class StepContext:
 
 @dataclass(frozen=True)
 class Continuation:
-    """Who claims a job's next step in the commit that makes it due.
+    """Who claims the next step to run in the commit of a step call.
 
     The worker whose call finishes a step runs the job's next step itself
-    when it has one member: the claim, with its call counted, commits
-    together with the finished step, so no other round trip or poll is
-    needed and the crash-loop count is still committed before the next
-    call's own transaction begins.
+    when it has one member; otherwise the commit claims another due step
+    for it. The claim, with its call counted, commits together with the
+    finished call, so no other round trip or poll is needed, and the
+    crash-loop count is still committed before the next call's own
+    transaction begins.
     """
 
     worker_id: str
     lease_seconds: float
+    #: The jobs the worker runs: when this call's job has no next step for
+    #: it, the commit claims a due step of one of these instead.
+    job_names: Sequence[str] = ()
     #: The next step's claim token, chosen before the commit so that a
     #: worker unsure whether its commit applied can give the claim back.
-    token: str = field(default_factory=lambda: uuid.uuid4().hex)
+    token: str = field(default_factory=lambda: new_token())
 
 
 @dataclass(frozen=True)
@@ -197,6 +210,10 @@ class SqlBackend(abc.ABC):
     #: connection (PostgreSQL, MySQL).
     holds_row_locks: bool = True
 
+    #: True where the driver opens a transaction at the first statement,
+    #: so ``begin()`` has nothing to do.
+    begins_implicitly: bool = False
+
     #: True where the database can announce new due steps (``listen()``).
     supports_notify: bool = False
 
@@ -205,9 +222,14 @@ class SqlBackend(abc.ABC):
     json_param: str = "%s"
     lock_rows: str = " FOR UPDATE"
     skip_locked: str = " FOR UPDATE SKIP LOCKED"
-    #: How a step call locks the row it claimed: without waiting where only
-    #: a worker running that step can hold the lock.
-    lock_claimed: str = " FOR UPDATE SKIP LOCKED"
+    #: How a step call locks the row it claimed. It waits: another worker's
+    #: claim query may hold the row for a moment (PostgreSQL keeps the lock
+    #: on a row it locked and then found no longer due, InnoDB on rows it
+    #: scanned, until that transaction ends). Giving the claim up instead
+    #: would leave the step waiting for its lease to pass. The only long
+    #: holder is a worker that took the step over after this claim's lease
+    #: ran out; once it commits, this call finds its claim gone.
+    lock_claimed: str = " FOR UPDATE"
     like_escape: str = "ESCAPE '\\'"
     #: A query with one parameter, a table name, that is true if it exists.
     table_exists_sql: str = ""
@@ -236,6 +258,11 @@ class SqlBackend(abc.ABC):
     def begin(self, conn: Any) -> None:
         """Start a transaction that may write."""
 
+    def ensure_transaction(self, conn: Any) -> None:
+        """Begin a transaction that may write, unless one is open."""
+        if not self.begins_implicitly and not conn_in_transaction(conn):
+            self.begin(conn)
+
     def begin_read(self, conn: Any) -> None:
         """Start a transaction that reads, or writes in its first statement."""
         self.begin(conn)
@@ -247,10 +274,6 @@ class SqlBackend(abc.ABC):
     @abc.abstractmethod
     def schema_statements(self) -> list[str]:
         """The statements that create the tables of ``SCHEMA_VERSION``."""
-
-    @abc.abstractmethod
-    def insert_job(self, cur: Any, values: Sequence[Any]) -> Optional[int]:
-        """Insert a job row unless its dedup_key exists; return the new id."""
 
     def driver_error(self) -> tuple[type[BaseException], ...]:
         """The base classes of the driver's (and its pool's) exceptions."""
@@ -374,6 +397,18 @@ class SqlBackend(abc.ABC):
 
         if not retry:
             return attempt()
+        try:
+            # The first try goes without the retry machinery, which costs
+            # more than a short transaction on the usual path.
+            return attempt()
+        except DatabaseUnavailableError as exc:
+            raise DatabaseUnavailableError(
+                f"{exc}; check that the database server is running and that "
+                "the URL points at it"
+            ) from exc
+        except TransientDatabaseError as exc:
+            _log_retry_reason(exc, 2)
+            time.sleep(FIRST_RETRY_SECS)
         retrying = tenacity.Retrying(
             # An unreachable server is reported at once, not retried: the
             # connect timeout already waited.
@@ -500,15 +535,12 @@ class SqlBackend(abc.ABC):
         for start in range(0, len(unique), ENQUEUE_BATCH):
             batch = unique[start : start + ENQUEUE_BATCH]
             rows = [(name, key, params[key], ctx_json, shape_json) for key in batch]
-            inserted = self.insert_jobs(cur, rows)
+            inserted = self.insert_jobs_with_steps(cur, rows, name, shape[0], delay)
             ids.update(inserted)
             new.update(inserted)
             missing = [key for key in batch if key not in inserted]
             if missing:
                 ids.update(self._existing_ids(cur, missing))
-            self._insert_first_steps(
-                cur, name, [inserted[k] for k in batch if k in inserted], shape, delay
-            )
         result = []
         for key, _ in items:
             result.append((ids[key], key in new))
@@ -518,13 +550,32 @@ class SqlBackend(abc.ABC):
     def insert_jobs(self, cur: Any, rows: Sequence[Sequence[Any]]) -> dict[str, int]:
         """Insert job rows whose dedup_key is new; return {dedup_key: id}.
 
-        One statement per row here; dialects with ``RETURNING`` do a batch.
+        A row is (name, dedup_key, params, ctx, shape), the last three JSON.
         """
-        inserted = {}
-        for row in rows:
-            job_id = self.insert_job(cur, row)
-            if job_id is not None:
-                inserted[row[1]] = job_id
+        values = ", ".join(
+            ["(%s, %s, {json}, {json}, {json}, {now}, {now})"] * len(rows)
+        )
+        self.execute(
+            cur,
+            "INSERT INTO threadjobs_jobs (name, dedup_key, params, ctx, shape, "
+            f"created_at, updated_at) VALUES {values} "
+            "ON CONFLICT (dedup_key) DO NOTHING RETURNING dedup_key, id",
+            [value for row in rows for value in row],
+        )
+        return {key: int(job_id) for key, job_id in cur.fetchall()}
+
+    def insert_jobs_with_steps(
+        self,
+        cur: Any,
+        rows: Sequence[Sequence[Any]],
+        name: str,
+        first_size: int,
+        delay: float,
+    ) -> dict[str, int]:
+        """``insert_jobs()``, then the rows of each new job's first step."""
+        inserted = self.insert_jobs(cur, rows)
+        job_ids = [inserted[row[1]] for row in rows if row[1] in inserted]
+        self._insert_first_steps(cur, name, job_ids, first_size, delay)
         return inserted
 
     def _existing_ids(self, cur: Any, keys: Sequence[str]) -> dict[str, int]:
@@ -541,13 +592,13 @@ class SqlBackend(abc.ABC):
         cur: Any,
         name: str,
         job_ids: Sequence[int],
-        shape: list[int],
+        size: int,
         delay: float,
     ) -> None:
         rows = [
             (job_id, name, 0, member, delay)
             for job_id in job_ids
-            for member in range(shape[0])
+            for member in range(size)
         ]
         for start in range(0, len(rows), STEP_ROWS_PER_INSERT):
             batch = rows[start : start + STEP_ROWS_PER_INSERT]
@@ -643,51 +694,58 @@ class SqlBackend(abc.ABC):
         """
         if not names or limit <= 0:
             return []
-        marks = ", ".join(["%s"] * len(names))
-        token = uuid.uuid4().hex
+        token = new_token()
         lease = self.claim_lease(lease_seconds)
+        return self.transaction(
+            lambda cur: self.claim_on(cur, names, worker_id, limit, lease, token)
+        )
+
+    def claim_on(
+        self,
+        cur: Any,
+        names: Sequence[str],
+        worker_id: str,
+        limit: int,
+        lease: float,
+        token: str,
+    ) -> list[Claim]:
+        """Claim due steps inside the caller's transaction, in step id order."""
+        marks = ", ".join(["%s"] * len(names))
         if self.claim_sql is not None:
             query = self.claim_sql.replace("{names}", marks)
+            self.execute(cur, query, (token, worker_id, lease, *names, limit))
+            claims = [_claim_from_row(row, token) for row in cur.fetchall()]
+            return sorted(claims, key=_step_id)
 
-            def claim_returning(cur: Any) -> list[Claim]:
-                self.execute(cur, query, (token, worker_id, lease, *names, limit))
-                claims = [_claim_from_row(row, token) for row in cur.fetchall()]
-                return sorted(claims, key=lambda claim: claim.step_id)
-
-            return self.transaction(claim_returning)
-
-        def work(cur: Any) -> list[Claim]:
-            self.execute(
-                cur,
-                "SELECT id FROM threadjobs_steps WHERE done = 0 "
-                "AND is_failed = 0 AND run_at <= {now} "
-                f"AND claimed_until < {{now}} AND job_name IN ({marks}) "
-                "ORDER BY run_at LIMIT %s{skip_locked}",
-                (*names, limit),
-            )
-            ids = [row[0] for row in cur.fetchall()]
-            if not ids:
-                return []
-            id_marks = ", ".join(["%s"] * len(ids))
-            self.execute(
-                cur,
-                "UPDATE threadjobs_steps SET claim_token = %s, "
-                "claimed_by = %s, claimed_until = {now} + %s, "
-                "calls = calls + 1, unfinished_calls = unfinished_calls + 1, "
-                f"updated_at = {{now}} WHERE id IN ({id_marks})",
-                (token, worker_id, lease, *ids),
-            )
-            self.execute(
-                cur,
-                "SELECT s.id, s.job_id, s.job_name, s.step_index, "
-                "s.member_index, j.shape, s.unfinished_calls, s.calls "
-                "FROM threadjobs_steps s JOIN threadjobs_jobs j "
-                "ON j.id = s.job_id WHERE s.claim_token = %s ORDER BY s.id",
-                (token,),
-            )
-            return [_claim_from_row(row, token) for row in cur.fetchall()]
-
-        return self.transaction(work)
+        self.execute(
+            cur,
+            "SELECT id FROM threadjobs_steps WHERE done = 0 "
+            "AND is_failed = 0 AND run_at <= {now} "
+            f"AND claimed_until < {{now}} AND job_name IN ({marks}) "
+            "ORDER BY run_at LIMIT %s{skip_locked}",
+            (*names, limit),
+        )
+        ids = [row[0] for row in cur.fetchall()]
+        if not ids:
+            return []
+        id_marks = ", ".join(["%s"] * len(ids))
+        self.execute(
+            cur,
+            "UPDATE threadjobs_steps SET claim_token = %s, "
+            "claimed_by = %s, claimed_until = {now} + %s, "
+            "calls = calls + 1, unfinished_calls = unfinished_calls + 1, "
+            f"updated_at = {{now}} WHERE id IN ({id_marks})",
+            (token, worker_id, lease, *ids),
+        )
+        self.execute(
+            cur,
+            "SELECT s.id, s.job_id, s.job_name, s.step_index, "
+            "s.member_index, j.shape, s.unfinished_calls, s.calls "
+            "FROM threadjobs_steps s JOIN threadjobs_jobs j "
+            "ON j.id = s.job_id WHERE s.claim_token = %s ORDER BY s.id",
+            (token,),
+        )
+        return [_claim_from_row(row, token) for row in cur.fetchall()]
 
     def release_claim(self, claim: Claim) -> None:
         """Give a claimed step back untouched, e.g. after a lost connection.
@@ -821,8 +879,7 @@ class SqlBackend(abc.ABC):
         """
         self.check_transaction_intact(conn)
         cur = conn.cursor()
-        if not conn_in_transaction(conn):
-            self.begin(conn)
+        self.ensure_transaction(conn)
         job = start.locked_job or self._lock_job(cur, claim)
         ctx = merge_ctx(job.ctx, start.ctx, ctx_after)
         ctx_json = jsonvalues.dumps(ctx)
@@ -848,8 +905,23 @@ class SqlBackend(abc.ABC):
                     cur, claim.job_id, claim.step_index, continuation
                 )
                 result = FinishResult(ended, True, result.child_job_id, next_claim)
+        if continuation is not None and result.next_claim is None:
+            result = replace(result, next_claim=self._claim_another(cur, continuation))
         conn.commit()
         return result
+
+    def _claim_another(self, cur: Any, continuation: Continuation) -> Optional[Claim]:
+        if not continuation.job_names:
+            return None
+        claims = self.claim_on(
+            cur,
+            continuation.job_names,
+            continuation.worker_id,
+            1,
+            self.claim_lease(continuation.lease_seconds),
+            continuation.token,
+        )
+        return claims[0] if claims else None
 
     def _lock_job(self, cur: Any, claim: Claim) -> JobState:
         """Lock and read the job row; without row locks, check the claim too.
@@ -1227,6 +1299,10 @@ def merge_ctx(
     return merged
 
 
+def _step_id(claim: Claim) -> int:
+    return claim.step_id
+
+
 def _claim_from_row(row: Sequence[Any], token: str) -> Claim:
     """A claim from (id, job_id, job_name, step_index, member_index, shape,
     unfinished_calls, calls)."""
@@ -1301,9 +1377,13 @@ def _step_record(row: Sequence[Any]) -> StepRecord:
 
 def _log_retry(state: tenacity.RetryCallState) -> None:
     exc = state.outcome.exception() if state.outcome else None
+    _log_retry_reason(exc, state.attempt_number + 2)
+
+
+def _log_retry_reason(exc: Optional[BaseException], attempt: int) -> None:
     logger.warning(
         "database error, retrying (attempt %d): %s",
-        state.attempt_number,
+        attempt,
         exc,
         extra={"action": "retry_database"},
     )

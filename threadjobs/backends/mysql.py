@@ -236,14 +236,10 @@ class MysqlBackend(SqlBackend):
 
     name = "mysql"
     holds_row_locks = True
+    begins_implicitly = True
     # Epoch seconds computed in UTC: UNIX_TIMESTAMP(NOW(6)) converts from the
     # session time zone, which is ambiguous in the hour a DST change repeats.
     now_sql = "(TIMESTAMPDIFF(MICROSECOND, '1970-01-01', UTC_TIMESTAMP(6)) / 1e6)"
-    # InnoDB keeps the locks a SELECT ... FOR UPDATE took on rows it scanned
-    # but did not return until its transaction ends, even at READ COMMITTED.
-    # Another worker's poll may so hold a claimed row for a moment; the step
-    # call waits for it rather than give the claim up.
-    lock_claimed = " FOR UPDATE"
     # A backslash, spelled so that it also parses under NO_BACKSLASH_ESCAPES.
     like_escape = "ESCAPE CHAR(92 USING utf8mb4)"
     table_exists_sql = (
@@ -343,7 +339,16 @@ class MysqlBackend(SqlBackend):
     def schema_statements(self) -> list[str]:
         return _schema(self._collation)
 
-    def insert_job(self, cur: Any, values: Sequence[Any]) -> Optional[int]:
+    def insert_jobs(self, cur: Any, rows: Sequence[Sequence[Any]]) -> dict[str, int]:
+        """One statement per row: MySQL has no INSERT ... RETURNING."""
+        inserted = {}
+        for row in rows:
+            job_id = self._insert_job(cur, row)
+            if job_id is not None:
+                inserted[row[1]] = job_id
+        return inserted
+
+    def _insert_job(self, cur: Any, values: Sequence[Any]) -> Optional[int]:
         # On a duplicate dedup_key nothing changes and the insert id is 0; the
         # affected-row count would also depend on the CLIENT_FOUND_ROWS flag.
         self.execute(

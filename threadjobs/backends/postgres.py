@@ -138,6 +138,7 @@ class PostgresBackend(SqlBackend):
 
     name = "postgresql"
     holds_row_locks = True
+    begins_implicitly = True
     supports_notify = True
     now_sql = "EXTRACT(EPOCH FROM clock_timestamp())::float8"
     json_param = "%s::jsonb"
@@ -271,29 +272,30 @@ class PostgresBackend(SqlBackend):
     def schema_statements(self) -> list[str]:
         return _SCHEMA
 
-    def insert_jobs(self, cur: Any, rows: Sequence[Sequence[Any]]) -> dict[str, int]:
+    def insert_jobs_with_steps(
+        self,
+        cur: Any,
+        rows: Sequence[Sequence[Any]],
+        name: str,
+        first_size: int,
+        delay: float,
+    ) -> dict[str, int]:
+        """Jobs and their first steps in one statement."""
         values = ", ".join(
             ["(%s, %s, {json}, {json}, {json}, {now}, {now})"] * len(rows)
         )
         self.execute(
             cur,
-            "INSERT INTO threadjobs_jobs (name, dedup_key, params, ctx, shape, "
-            f"created_at, updated_at) VALUES {values} "
-            "ON CONFLICT (dedup_key) DO NOTHING RETURNING dedup_key, id",
-            [value for row in rows for value in row],
+            "WITH j AS (INSERT INTO threadjobs_jobs (name, dedup_key, params, "
+            f"ctx, shape, created_at, updated_at) VALUES {values} "
+            "ON CONFLICT (dedup_key) DO NOTHING RETURNING dedup_key, id), "
+            "s AS (INSERT INTO threadjobs_steps (job_id, job_name, step_index, "
+            "member_index, run_at, updated_at) SELECT j.id, %s, 0, m, "
+            "{now} + %s, {now} FROM j CROSS JOIN generate_series(0, %s) m) "
+            "SELECT dedup_key, id FROM j",
+            [*(value for row in rows for value in row), name, delay, first_size - 1],
         )
         return {key: int(job_id) for key, job_id in cur.fetchall()}
-
-    def insert_job(self, cur: Any, values: Sequence[Any]) -> Optional[int]:
-        self.execute(
-            cur,
-            "INSERT INTO threadjobs_jobs (name, dedup_key, params, ctx, shape, "
-            "created_at, updated_at) VALUES (%s, %s, {json}, {json}, {json}, "
-            "{now}, {now}) ON CONFLICT (dedup_key) DO NOTHING RETURNING id",
-            values,
-        )
-        row = cur.fetchone()
-        return None if row is None else int(row[0])
 
     def insert_returning_id(
         self, cur: Any, leading: Sequence[Write], query: str, params: Sequence[Any]
@@ -322,14 +324,8 @@ class PostgresBackend(SqlBackend):
     def _read_claimed(
         self, cur: Any, claim: Any, lock_job: bool
     ) -> Optional[Sequence[Any]]:
-        """One statement: PostgreSQL locks the rows of each table apart.
-
-        The step row is skipped if locked (another call holds it, so the
-        claim is lost); the job row is waited for, as only short
-        transactions (a group member committing, a child job ending) lock
-        it.
-        """
-        lock = " FOR UPDATE OF s SKIP LOCKED"
+        """One statement: PostgreSQL can lock the rows of one table only."""
+        lock = " FOR UPDATE OF s"
         if lock_job:
             lock += " FOR NO KEY UPDATE OF j"
         self.execute(

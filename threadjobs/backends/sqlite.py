@@ -31,7 +31,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, Optional
+from typing import Any
 
 from ..errors import ConfigurationError, TransientDatabaseError
 from .base import INHERITED, SqlBackend, process_start
@@ -243,28 +243,6 @@ class SqliteBackend(SqlBackend):
 
     def schema_statements(self) -> list[str]:
         return _SCHEMA
-
-    def insert_jobs(self, cur: Any, rows: Sequence[Sequence[Any]]) -> dict[str, int]:
-        values = ", ".join(["(%s, %s, %s, %s, %s, {now}, {now})"] * len(rows))
-        self.execute(
-            cur,
-            "INSERT INTO threadjobs_jobs (name, dedup_key, params, ctx, shape, "
-            f"created_at, updated_at) VALUES {values} "
-            "ON CONFLICT (dedup_key) DO NOTHING RETURNING dedup_key, id",
-            [value for row in rows for value in row],
-        )
-        return {key: int(job_id) for key, job_id in cur.fetchall()}
-
-    def insert_job(self, cur: Any, values: Sequence[Any]) -> Optional[int]:
-        self.execute(
-            cur,
-            "INSERT INTO threadjobs_jobs (name, dedup_key, params, ctx, shape,"
-            " created_at, updated_at) VALUES (%s, %s, %s, %s, %s, {now}, {now})"
-            " ON CONFLICT (dedup_key) DO NOTHING RETURNING id",
-            values,
-        )
-        row = cur.fetchone()
-        return None if row is None else int(row[0])
 
     def setup(self) -> None:
         """Switch the file to WAL mode (it stays so), then create the tables.
