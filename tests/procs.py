@@ -41,10 +41,11 @@ def record_attempt(url: str, label: str) -> None:
         backend.close()
 
 
-def effect_step(url: str, name: str, sleep: float):
+def effect_step(url: str, name: str, sleep: float, sleep_before: float):
     def step(params, ctx, executor):
         label = f"{params['n']}:{name}"
         record_attempt(url, label)
+        time.sleep(sleep_before)
         executor.exec_query("INSERT INTO effects VALUES (%s)", [label])
         time.sleep(sleep)
         ctx[name] = os.getpid()
@@ -55,12 +56,15 @@ def effect_step(url: str, name: str, sleep: float):
 def build(url: str) -> JobExecutor:
     lease = float(os.environ.get("LEASE", "5"))
     executor = JobExecutor(url, threads=4, poll_interval=0.05, lease_seconds=lease)
+    # STEP_SLEEP is spent after the step's write, in its transaction (on
+    # SQLite holding the write lock); STEP_SLEEP_BEFORE before it.
     sleep = float(os.environ.get("STEP_SLEEP", "0.05"))
+    before = float(os.environ.get("STEP_SLEEP_BEFORE", "0"))
     executor.add(
         Job("work")
-        .submit(effect_step(url, "a", sleep))
-        .submit([effect_step(url, f"b{i}", sleep) for i in range(3)])
-        .submit(effect_step(url, "c", sleep))
+        .submit(effect_step(url, "a", sleep, before))
+        .submit([effect_step(url, f"b{i}", sleep, before) for i in range(3)])
+        .submit(effect_step(url, "c", sleep, before))
     )
     executor.add(Job("dedup").submit(lambda params: None))
     executor.add(Job("suicide").submit(lambda params: os.kill(os.getpid(), 9)))

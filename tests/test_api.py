@@ -289,7 +289,7 @@ def test_execute_many_in_batches(ex) -> None:
 
 
 def test_execute_many_checks_every_item_before_writing(ex) -> None:
-    with pytest.raises(InvalidValueError, match=r"params\['bad'\] is a set"):
+    with pytest.raises(InvalidValueError, match=r"params_list\[1\]\['bad'\] is a set"):
         ex.execute_many("mail", [{"n": 1}, {"bad": {1}}])
     with pytest.raises(InvalidValueError, match="params_list must be a list"):
         ex.execute_many("mail", {"n": 1})

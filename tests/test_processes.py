@@ -78,7 +78,10 @@ def test_concurrent_execute_from_many_processes_enqueues_once(db_url, prepared) 
 
 def test_two_worker_processes_never_run_a_step_twice(db_url, prepared) -> None:
     jobs = [prepared.execute("work", {"n": n}) for n in range(30)]
-    workers = [spawn("worker", db_url, env={"STEP_SLEEP": "0.1"}) for _ in range(2)]
+    # Steps that held SQLite's one write lock while they slept would leave
+    # nothing for a second process to do alongside the first.
+    slow = {"STEP_SLEEP_BEFORE": "0.1", "STEP_SLEEP": "0.01"}
+    workers = [spawn("worker", db_url, env=slow) for _ in range(2)]
     try:
         wait_until(
             lambda: len(prepared.list_ended_jobs()) == len(jobs),

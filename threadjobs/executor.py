@@ -217,12 +217,13 @@ class JobExecutor:
             raise InvalidValueError(
                 f"params_list must be a list of dicts, got {type(params_list).__name__}"
             )
-        checked = [self._check_job(name, p, ctx, delay) for p in params_list]
-        if not checked:
-            self.definition(check_name(name))
+        name, ctx, delay = self._check_start(name, ctx, delay)
+        params = [
+            self._check_params(name, item, f"params_list[{index}]")
+            for index, item in enumerate(params_list)
+        ]
+        if not params:
             return []
-        name, _, ctx, delay = checked[0]
-        params = [values[1] for values in checked]
         return self._enqueue_where(name, params, ctx, delay, connection)
 
     def _enqueue_where(
@@ -254,11 +255,16 @@ class JobExecutor:
     def _check_job(
         self, name: Any, params: Any, ctx: Any, delay: Any
     ) -> tuple[str, dict[str, Any], dict[str, Any], float]:
+        name, ctx, delay = self._check_start(name, ctx, delay)
+        return name, self._check_params(name, params, "params"), ctx, delay
+
+    def _check_start(
+        self, name: Any, ctx: Any, delay: Any
+    ) -> tuple[str, dict[str, Any], float]:
+        """Check what all jobs of one enqueue share: name, ctx and delay."""
         check_name(name)
         job = self.definition(name)
-        params = {} if params is None else params
         ctx = {} if ctx is None else ctx
-        jsonvalues.check_dict(params, "params")
         jsonvalues.check_dict(ctx, "ctx")
         if not isinstance(delay, (int, float)) or isinstance(delay, bool):
             raise InvalidValueError(
@@ -268,9 +274,14 @@ class JobExecutor:
             raise InvalidValueError(
                 f"delay must be a finite number >= 0, got {delay!r}"
             )
-        if job.name == EXECUTE_JOB:
+        return job.name, ctx, float(delay)
+
+    def _check_params(self, name: str, params: Any, field: str) -> dict[str, Any]:
+        params = {} if params is None else params
+        jsonvalues.check_dict(params, field)
+        if name == EXECUTE_JOB:
             _check_execute_params(params)
-        return job.name, params, ctx, float(delay)
+        return params  # type: ignore[no-any-return]
 
     def _enqueue(
         self,

@@ -82,8 +82,6 @@ capped per statement on every backend)."""
 FIRST_RETRY_SECS = 0.02
 """The pause before a transaction that failed transiently is tried again."""
 
-ENQUEUE_BATCH = 500
-"""How many jobs one INSERT statement of a bulk enqueue carries."""
 
 _LIST_FILTERS = {
     "ended": "j.ended_at IS NOT NULL",
@@ -209,6 +207,9 @@ class SqlBackend(abc.ABC):
     #: keeps other workers off it and vanishes with a dead worker's
     #: connection (PostgreSQL, MySQL).
     holds_row_locks: bool = True
+
+    #: How many jobs one statement of a bulk enqueue carries.
+    enqueue_batch: int = 500
 
     #: True where the driver opens a transaction at the first statement,
     #: so ``begin()`` has nothing to do.
@@ -532,10 +533,13 @@ class SqlBackend(abc.ABC):
         new: set[str] = set()
         unique = list(dict.fromkeys(key for key, _ in items))
         params = dict(items)
-        for start in range(0, len(unique), ENQUEUE_BATCH):
-            batch = unique[start : start + ENQUEUE_BATCH]
-            rows = [(name, key, params[key], ctx_json, shape_json) for key in batch]
-            inserted = self.insert_jobs_with_steps(cur, rows, name, shape[0], delay)
+        size = self.enqueue_batch
+        for start in range(0, len(unique), size):
+            batch = unique[start : start + size]
+            pairs = [(key, params[key]) for key in batch]
+            inserted = self.insert_jobs_with_steps(
+                cur, name, pairs, ctx_json, shape_json, shape[0], delay
+            )
             ids.update(inserted)
             new.update(inserted)
             missing = [key for key in batch if key not in inserted]
@@ -567,14 +571,21 @@ class SqlBackend(abc.ABC):
     def insert_jobs_with_steps(
         self,
         cur: Any,
-        rows: Sequence[Sequence[Any]],
         name: str,
+        pairs: Sequence[tuple[str, str]],
+        ctx_json: str,
+        shape_json: str,
         first_size: int,
         delay: float,
     ) -> dict[str, int]:
-        """``insert_jobs()``, then the rows of each new job's first step."""
+        """Insert the jobs whose dedup_key is new, then the rows of their
+        first step; return {dedup_key: id} of the new ones.
+
+        ``pairs`` are (dedup_key, params JSON).
+        """
+        rows = [(name, key, params, ctx_json, shape_json) for key, params in pairs]
         inserted = self.insert_jobs(cur, rows)
-        job_ids = [inserted[row[1]] for row in rows if row[1] in inserted]
+        job_ids = [inserted[key] for key, _ in pairs if key in inserted]
         self._insert_first_steps(cur, name, job_ids, first_size, delay)
         return inserted
 

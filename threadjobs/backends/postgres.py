@@ -143,6 +143,7 @@ class PostgresBackend(SqlBackend):
     now_sql = "EXTRACT(EPOCH FROM clock_timestamp())::float8"
     json_param = "%s::jsonb"
     table_exists_sql = "SELECT to_regclass(%s) IS NOT NULL"
+    enqueue_batch = 5000
     claim_sql = (
         "UPDATE threadjobs_steps s SET claim_token = %s, claimed_by = %s, "
         "claimed_until = {now} + %s, calls = s.calls + 1, "
@@ -275,25 +276,39 @@ class PostgresBackend(SqlBackend):
     def insert_jobs_with_steps(
         self,
         cur: Any,
-        rows: Sequence[Sequence[Any]],
         name: str,
+        pairs: Sequence[tuple[str, str]],
+        ctx_json: str,
+        shape_json: str,
         first_size: int,
         delay: float,
     ) -> dict[str, int]:
-        """Jobs and their first steps in one statement."""
-        values = ", ".join(
-            ["(%s, %s, {json}, {json}, {json}, {now}, {now})"] * len(rows)
-        )
+        """Jobs and their first steps in one statement.
+
+        Keys and params travel as two arrays, so the statement has the same
+        text for one job or thousands and is prepared once.
+        """
         self.execute(
             cur,
             "WITH j AS (INSERT INTO threadjobs_jobs (name, dedup_key, params, "
-            f"ctx, shape, created_at, updated_at) VALUES {values} "
+            "ctx, shape, created_at, updated_at) "
+            "SELECT %s, t.key, t.params::jsonb, %s::jsonb, %s::jsonb, {now}, "
+            "{now} FROM unnest(%s::text[], %s::text[]) AS t (key, params) "
             "ON CONFLICT (dedup_key) DO NOTHING RETURNING dedup_key, id), "
             "s AS (INSERT INTO threadjobs_steps (job_id, job_name, step_index, "
             "member_index, run_at, updated_at) SELECT j.id, %s, 0, m, "
             "{now} + %s, {now} FROM j CROSS JOIN generate_series(0, %s) m) "
             "SELECT dedup_key, id FROM j",
-            [*(value for row in rows for value in row), name, delay, first_size - 1],
+            (
+                name,
+                ctx_json,
+                shape_json,
+                [key for key, _ in pairs],
+                [params for _, params in pairs],
+                name,
+                delay,
+                first_size - 1,
+            ),
         )
         return {key: int(job_id) for key, job_id in cur.fetchall()}
 
