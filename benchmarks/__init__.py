@@ -1,0 +1,1 @@
+"""Benchmarks of threadjobs against its peers; run ``python -m benchmarks.run``."""

@@ -1,0 +1,1 @@
+"""The peers measured beside threadjobs: Procrastinate, DBOS Transact and Huey."""
