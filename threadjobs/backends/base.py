@@ -898,11 +898,10 @@ class SqlBackend(abc.ABC):
 
         if (
             isinstance(outcome, Done)
-            and claim.group_size == 1
             and job.current_step == claim.step_index
             and not job.ended
         ):
-            result = self._finish_lone_member(cur, claim, ctx_json, continuation)
+            result = self._finish_done(cur, claim, ctx_json, continuation)
         else:
             self.execute(
                 cur,
@@ -961,25 +960,68 @@ class SqlBackend(abc.ABC):
         ctx_json, current_step, ended_at = row
         return JobState(jsonvalues.loads(ctx_json), current_step, ended_at is not None)
 
-    def _finish_lone_member(
+    def _finish_done(
         self,
         cur: Any,
         claim: Claim,
         ctx_json: str,
         continuation: Optional[Continuation],
     ) -> FinishResult:
-        """The common case in writes only: the one member of the job's
-        current step is done, so the job moves on or ends."""
+        """The common case, in few statements: a member of the job's current
+        step is done. The job moves on when it was the step's last."""
         mark_done: Write = (
             f"UPDATE threadjobs_steps SET done = 1, {_UNCLAIM} WHERE id = %s",
             (claim.step_id,),
         )
+        if claim.group_size == 1:
+            return self._move_on(cur, claim, ctx_json, [mark_done], continuation)
+
+        # The job row's lock orders the members' commits: the others'
+        # state read here cannot change before this one commits. (A WITH
+        # query's writes are not seen by its final SELECT, hence s.id <> ...)
+        save_ctx: Write = (
+            "UPDATE threadjobs_jobs SET ctx = {json}, updated_at = {now} WHERE id = %s",
+            (ctx_json, claim.job_id),
+        )
+        self.execute_together(
+            cur,
+            [mark_done, save_ctx],
+            "SELECT COALESCE(SUM(CASE WHEN s.done = 0 OR (s.child_job_id IS NOT "
+            "NULL AND c.ended_at IS NULL) THEN 1 ELSE 0 END), 0), "
+            "COUNT(s.child_job_id) FROM threadjobs_steps s LEFT JOIN "
+            "threadjobs_jobs c ON c.id = s.child_job_id WHERE s.job_id = %s "
+            "AND s.step_index = %s AND s.id <> %s",
+            (claim.job_id, claim.step_index, claim.step_id),
+        )
+        unfinished, children = cur.fetchone()
+        if unfinished:
+            return FinishResult(False, False)
+        if children:
+            # The children's final ctx goes into the parent's: the long way.
+            ended, next_claim = self.advance(
+                cur, claim.job_id, claim.step_index, continuation
+            )
+            return FinishResult(ended, True, next_claim=next_claim)
+        return self._move_on(cur, claim, None, [], continuation)
+
+    def _move_on(
+        self,
+        cur: Any,
+        claim: Claim,
+        ctx_json: Optional[str],
+        leading: Sequence[Write],
+        continuation: Optional[Continuation],
+    ) -> FinishResult:
+        """After ``leading``, start the job's next step or end the job,
+        saving ``ctx_json`` with it unless it is None."""
+        set_ctx = "" if ctx_json is None else "ctx = {json}, "
+        ctx_params = () if ctx_json is None else (ctx_json,)
         next_index = claim.step_index + 1
         if next_index < len(claim.shape):
-            move_on: Write = (
-                "UPDATE threadjobs_jobs SET ctx = {json}, current_step = %s, "
+            move: Write = (
+                f"UPDATE threadjobs_jobs SET {set_ctx}current_step = %s, "
                 "updated_at = {now} WHERE id = %s",
-                (ctx_json, next_index, claim.job_id),
+                (*ctx_params, next_index, claim.job_id),
             )
             next_claim = self._insert_step(
                 cur,
@@ -988,16 +1030,16 @@ class SqlBackend(abc.ABC):
                 next_index,
                 claim.shape,
                 continuation,
-                [mark_done, move_on],
+                [*leading, move],
             )
             return FinishResult(False, True, next_claim=next_claim)
 
         end: Write = (
-            "UPDATE threadjobs_jobs SET ctx = {json}, ended_at = {now}, "
+            f"UPDATE threadjobs_jobs SET {set_ctx}ended_at = {{now}}, "
             "updated_at = {now} WHERE id = %s",
-            (ctx_json, claim.job_id),
+            (*ctx_params, claim.job_id),
         )
-        self._wake_parents(cur, claim.job_id, [mark_done, end])
+        self._wake_parents(cur, claim.job_id, [*leading, end])
         return FinishResult(True, True)
 
     def _apply_outcome(
