@@ -632,24 +632,34 @@ class SqlBackend(abc.ABC):
     ) -> Optional[Claim]:
         """Insert the rows of step ``index``, due now, after ``leading``.
 
-        A step of one member is claimed for ``continuation`` in the same
-        statement, its call counted; the claim is returned.
+        With a ``continuation``, its first member is claimed for that worker
+        as it is inserted, its call counted, and the claim is returned; the
+        other members are left for any worker.
         """
         size = shape[index]
-        if continuation is None or size != 1:
-            values = ", ".join([_STEP_VALUES] * size)
-            self.execute_together(
-                cur,
-                leading,
-                f"{_INSERT_STEPS} VALUES {values}",
-                [v for m in range(size) for v in (job_id, name, index, m, 0.0)],
+        first = 0 if continuation is None else 1
+        writes = list(leading)
+        if size > first:
+            values = ", ".join([_STEP_VALUES] * (size - first))
+            writes.append(
+                (
+                    f"{_INSERT_STEPS} VALUES {values}",
+                    [
+                        value
+                        for member in range(first, size)
+                        for value in (job_id, name, index, member, 0.0)
+                    ],
+                )
             )
+        if continuation is None:
+            *leading, (query, params) = writes
+            self.execute_together(cur, leading, query, params)
             return None
 
         token = continuation.token
         step_id = self.insert_returning_id(
             cur,
-            leading,
+            writes,
             "INSERT INTO threadjobs_steps (job_id, job_name, step_index, "
             "member_index, run_at, updated_at, claim_token, claimed_by, "
             "claimed_until, calls, unfinished_calls) "
