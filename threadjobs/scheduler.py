@@ -2,8 +2,10 @@
 
 The scheduler claims as many due step members as the pool has free threads,
 hands each to the pool, and sleeps until a call finishes, a job is enqueued
-in this process, or the poll interval passes. Each pool thread runs one step
-call on its own pooled connection and transaction.
+in this process, or the poll interval passes. Each pool thread runs step
+calls on its own pooled connection, one transaction each; a call's commit
+claims the next step for the same thread (the job's next step, or another
+due one), so a busy thread goes from call to call without the scheduler.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """The MySQL and MariaDB backend: PyMySQL, a small pool, InnoDB tables.
 
 Claiming works as on PostgreSQL: due step rows are picked with ``FOR UPDATE
-SKIP LOCKED`` (MySQL 8.0.1+, MariaDB 10.6+) and leased in a short
-transaction of their own, which also counts the call. The step call's
+SKIP LOCKED`` (MySQL 8.0.1+, MariaDB 10.6+) and leased, their call counted,
+in a transaction that commits before the call begins (a short one, or the
+commit of the worker's previous call). The step call's
 transaction then locks its row again and holds that lock until it commits,
 so no other worker claims the step while it runs. Every connection runs at
 READ COMMITTED, where InnoDB takes no gap locks for these reads, so workers

@@ -1,15 +1,17 @@
 """The PostgreSQL backend: psycopg 3 with psycopg_pool, params and ctx as JSONB.
 
 Claiming: due step rows are picked with ``FOR UPDATE SKIP LOCKED`` and
-leased in a short transaction of their own, which also counts the call. The
-step call's transaction then locks its row again and holds that lock until
-it commits, so no other worker can claim the step while it runs. If the
+leased, their call counted, in a transaction that commits before the call
+begins: a short one of its own, or the commit of the worker's previous call
+(see ``Continuation``). The step call's transaction then locks its row
+again and holds that lock until it commits, so no other worker can claim
+the step while it runs. If the
 worker dies, PostgreSQL ends its session, the lock goes with it and the step
 is due again as soon as the claim's lease (``lease_seconds``, counted from
 the claim) has passed.
 
 Wake-ups: a trigger sends ``NOTIFY threadjobs`` whenever a step row becomes
-due, and every worker listens on a connection of its own, so a job enqueued
+due unclaimed, and every worker listens on a connection of its own, so a job enqueued
 by another process starts within milliseconds. Polling every
 ``poll_interval`` still runs, covering a lost notification, a dropped
 listening connection and delayed steps.
