@@ -246,7 +246,8 @@ class JobExecutor:
 
         self._ensure_ready()
         ids = self.backend.transaction(
-            lambda cur: self._enqueue(cur, name, params_list, ctx, delay)
+            lambda cur: self._enqueue(cur, name, params_list, ctx, delay),
+            alone=len(params_list) <= self.backend.enqueue_batch,
         )
         if self._worker is not None:
             self._worker.wake()
@@ -360,7 +361,7 @@ class JobExecutor:
         session = self._current_session()
         if session is None:
             self._ensure_ready()
-            return self.backend.transaction(run, write=False)
+            return self.backend.transaction(run, write=False, alone=True)
         with self.backend.translate_errors():
             return run(session.cursor())
 

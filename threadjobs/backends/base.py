@@ -193,8 +193,10 @@ class FinishResult:
     job_ended: bool
     advanced: bool
     child_job_id: Optional[int] = None
-    #: The job's next step, already claimed for the continuing worker.
+    #: The next step to run, already claimed for the continuing worker.
     next_claim: Optional[Claim] = None
+    #: Its call, already opened, where the commit could do that too.
+    next_start: Optional[StepContext] = None
 
 
 class SqlBackend(abc.ABC):
@@ -208,6 +210,10 @@ class SqlBackend(abc.ABC):
     #: connection (PostgreSQL, MySQL).
     holds_row_locks: bool = True
 
+    #: True where ``run_alone()`` can run a statement as its own transaction,
+    #: saving the round trips of BEGIN and COMMIT.
+    statements_commit_alone: bool = False
+
     #: How many jobs one statement of a bulk enqueue carries.
     enqueue_batch: int = 500
 
@@ -220,6 +226,10 @@ class SqlBackend(abc.ABC):
 
     #: SQL fragments substituted into every query.
     now_sql: str = ""
+    #: The time that due steps are compared with when claiming: an
+    #: expression the planner treats as a constant, so that it bounds an
+    #: index range scan instead of filtering every pending step.
+    due_now_sql: str = ""
     json_param: str = "%s"
     lock_rows: str = " FOR UPDATE"
     skip_locked: str = " FOR UPDATE SKIP LOCKED"
@@ -342,6 +352,7 @@ class SqlBackend(abc.ABC):
         if text is None:
             text = query.format(
                 now=self.now_sql,
+                due_now=self.due_now_sql or self.now_sql,
                 json=self.json_param,
                 lock=self.lock_rows,
                 skip_locked=self.skip_locked,
@@ -372,18 +383,28 @@ class SqlBackend(abc.ABC):
             raise kind(f"{self.name}: {exc}") from exc
 
     def transaction(
-        self, work: Callable[[Any], T], *, write: bool = True, retry: bool = True
+        self,
+        work: Callable[[Any], T],
+        *,
+        write: bool = True,
+        retry: bool = True,
+        alone: bool = False,
     ) -> T:
         """Run ``work(cursor)`` in one transaction and commit it.
 
         ``write=False`` marks work that only reads or whose first statement
-        writes; SQLite then does not take its write lock up front. Transient
-        errors roll back and run the whole transaction again, with capped
-        exponential backoff for up to ``retry_seconds``.
+        writes; SQLite then does not take its write lock up front.
+        ``alone=True`` marks work whose one write is a single statement, read
+        by nothing it does before: where a statement is a transaction of its
+        own, it is sent without BEGIN and COMMIT. Transient errors roll back
+        and run the whole transaction again, with capped exponential backoff
+        for up to ``retry_seconds``.
         """
 
         def attempt() -> T:
             with self.connection() as conn, self.translate_errors():
+                if alone and self.statements_commit_alone:
+                    return self.run_alone(conn, work)
                 if write:
                     self.begin(conn)
                 else:
@@ -434,6 +455,10 @@ class SqlBackend(abc.ABC):
                 f"{exc} (gave up after retrying for {self.retry_seconds:g}s; "
                 "check that the database server is running and reachable)"
             ) from exc
+
+    def run_alone(self, conn: Any, work: Callable[[Any], T]) -> T:
+        """Run ``work`` with each statement committing by itself."""
+        raise NotImplementedError(f"{self.name} runs every statement in BEGIN")
 
     def _rollback_quietly(self, conn: Any) -> None:
         try:
@@ -741,8 +766,8 @@ class SqlBackend(abc.ABC):
         self.execute(
             cur,
             "SELECT id FROM threadjobs_steps WHERE done = 0 "
-            "AND is_failed = 0 AND run_at <= {now} "
-            f"AND claimed_until < {{now}} AND job_name IN ({marks}) "
+            "AND is_failed = 0 AND run_at <= {due_now} "
+            f"AND claimed_until < {{due_now}} AND job_name IN ({marks}) "
             "ORDER BY run_at LIMIT %s{skip_locked}",
             (*names, limit),
         )
@@ -837,16 +862,20 @@ class SqlBackend(abc.ABC):
         call's.
         """
         cur = conn.cursor()
-        lock_job = self.holds_row_locks and claim.group_size == 1
         if self.holds_row_locks:
             self.begin(conn)
-        row = self._read_claimed(cur, claim, lock_job)
-        if row is None:
-            raise ClaimLostError(claim.label)
-        params, ctx_json, current_step, ended_at = row
-        ctx = jsonvalues.loads(ctx_json)
-        locked = JobState(ctx, current_step, ended_at is not None) if lock_job else None
-        return StepContext(jsonvalues.loads(params), ctx, locked)
+        lock_job = self._locks_job(claim)
+        return step_context(self._read_claimed(cur, claim, lock_job), claim, lock_job)
+
+    def _locks_job(self, claim: Claim) -> bool:
+        """Whether a call holds its job row's lock from the start."""
+        return self.holds_row_locks and claim.group_size == 1
+
+    def commit_and_open(self, conn: Any, claim: Claim) -> Optional[StepContext]:
+        """Commit, then open the call of ``claim`` if that costs no round
+        trip of its own; None leaves the opening to ``open_step()``."""
+        conn.commit()
+        return None
 
     def _read_claimed(
         self, cur: Any, claim: Claim, lock_job: bool
@@ -927,8 +956,11 @@ class SqlBackend(abc.ABC):
                 result = FinishResult(ended, True, result.child_job_id, next_claim)
         if continuation is not None and result.next_claim is None:
             result = replace(result, next_claim=self._claim_another(cur, continuation))
-        conn.commit()
-        return result
+        if result.next_claim is None:
+            conn.commit()
+            return result
+        next_start = self.commit_and_open(conn, result.next_claim)
+        return replace(result, next_start=next_start)
 
     def _claim_another(self, cur: Any, continuation: Continuation) -> Optional[Claim]:
         if not continuation.job_names:
@@ -1360,6 +1392,18 @@ def merge_ctx(
         if key not in before or before[key] != value:
             merged[key] = value
     return merged
+
+
+def step_context(
+    row: Optional[Sequence[Any]], claim: Claim, locked_job: bool
+) -> StepContext:
+    """A call's start from (params, ctx, current_step, ended_at)."""
+    if row is None:
+        raise ClaimLostError(claim.label)
+    params, ctx_json, current_step, ended_at = row
+    ctx = jsonvalues.loads(ctx_json)
+    job = JobState(ctx, current_step, ended_at is not None) if locked_job else None
+    return StepContext(jsonvalues.loads(params), ctx, job)
 
 
 def _step_id(claim: Claim) -> int:

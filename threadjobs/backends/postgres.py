@@ -24,10 +24,11 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, Optional
+from typing import Any, Optional, TypeVar
 
 from ..errors import ConfigurationError, DatabaseUnavailableError
-from .base import INHERITED, SqlBackend, Write
+from ..records import Claim
+from .base import INHERITED, SqlBackend, StepContext, Write, step_context
 
 try:
     import psycopg
@@ -41,6 +42,10 @@ except ImportError as exc:  # pragma: no cover - depends on the install
     ) from exc
 
 logger = logging.getLogger(__name__)
+
+TUPLES_OK = psycopg.pq.ExecStatus.TUPLES_OK
+
+T = TypeVar("T")
 
 CHANNEL = "threadjobs"
 """The NOTIFY channel on which due steps are announced."""
@@ -143,15 +148,19 @@ class PostgresBackend(SqlBackend):
     begins_implicitly = True
     supports_notify = True
     now_sql = "EXTRACT(EPOCH FROM clock_timestamp())::float8"
+    # clock_timestamp() is volatile, which no index condition may use.
+    due_now_sql = "EXTRACT(EPOCH FROM statement_timestamp())::float8"
     json_param = "%s::jsonb"
     table_exists_sql = "SELECT to_regclass(%s) IS NOT NULL"
     enqueue_batch = 5000
+    statements_commit_alone = True
     claim_sql = (
         "UPDATE threadjobs_steps s SET claim_token = %s, claimed_by = %s, "
         "claimed_until = {now} + %s, calls = s.calls + 1, "
         "unfinished_calls = s.unfinished_calls + 1, updated_at = {now} "
         "FROM (SELECT id FROM threadjobs_steps WHERE done = 0 AND is_failed = 0 "
-        "AND run_at <= {now} AND claimed_until < {now} AND job_name IN ({names}) "
+        "AND run_at <= {due_now} AND claimed_until < {due_now} "
+        "AND job_name IN ({names}) "
         "ORDER BY run_at LIMIT %s FOR UPDATE SKIP LOCKED) due "
         "WHERE s.id = due.id RETURNING s.id, s.job_id, s.job_name, s.step_index, "
         "s.member_index, (SELECT shape FROM threadjobs_jobs j WHERE j.id = s.job_id), "
@@ -339,20 +348,41 @@ class PostgresBackend(SqlBackend):
         return self.execute(cur, f"WITH {queries} {query}", [*values, *params])
 
     def _read_claimed(
-        self, cur: Any, claim: Any, lock_job: bool
+        self, cur: Any, claim: Claim, lock_job: bool
     ) -> Optional[Sequence[Any]]:
         """One statement: PostgreSQL can lock the rows of one table only."""
-        lock = " FOR UPDATE OF s"
-        if lock_job:
-            lock += " FOR NO KEY UPDATE OF j"
-        self.execute(
-            cur,
-            "SELECT j.params, j.ctx, j.current_step, j.ended_at "
-            "FROM threadjobs_steps s JOIN threadjobs_jobs j ON j.id = s.job_id "
-            "WHERE s.id = %s AND s.claim_token = %s AND s.done = 0" + lock,
-            (claim.step_id, claim.token),
-        )
+        self.execute(cur, _open_sql(lock_job), (claim.step_id, claim.token))
         return cur.fetchone()  # type: ignore[no-any-return]
+
+    def run_alone(self, conn: Any, work: Callable[[Any], T]) -> T:
+        """In autocommit mode, which psycopg switches without a round trip."""
+        conn.autocommit = True
+        try:
+            return work(conn.cursor())
+        finally:
+            if not conn.closed:
+                conn.autocommit = False
+
+    def commit_and_open(self, conn: Any, claim: Claim) -> Optional[StepContext]:
+        """COMMIT, BEGIN and the next call's opening read in one round trip.
+
+        Sent as one simple query, with the parameters (an id and a token of
+        our own making) bound on the client. An error after COMMIT leaves
+        the commit's outcome to be confirmed, like any lost connection.
+        """
+        lock_job = self._locks_job(claim)
+        cur = psycopg.ClientCursor(conn)
+        cur.execute(
+            "COMMIT; BEGIN; " + _open_sql(lock_job), (claim.step_id, claim.token)
+        )
+        while cur.pgresult is not None and cur.pgresult.status != TUPLES_OK:
+            if not cur.nextset():
+                break
+        row = cur.fetchone() if cur.pgresult is not None else None
+        if row is None:  # Left to open_step(), which says what happened.
+            conn.rollback()
+            return None
+        return step_context(row, claim, lock_job)
 
     def listen(self, wake: Callable[[], None], stopping: threading.Event) -> None:
         """Call ``wake`` on every notification until ``stopping`` is set.
@@ -390,6 +420,18 @@ class PostgresBackend(SqlBackend):
                 f"connection= must be a psycopg Connection for the PostgreSQL "
                 f"backend, got {type(conn).__name__}"
             )
+
+
+def _open_sql(lock_job: bool) -> str:
+    """The read that opens a step call and locks its rows."""
+    lock = " FOR UPDATE OF s"
+    if lock_job:
+        lock += " FOR NO KEY UPDATE OF j"
+    return (
+        "SELECT j.params, j.ctx, j.current_step, j.ended_at "
+        "FROM threadjobs_steps s JOIN threadjobs_jobs j ON j.id = s.job_id "
+        "WHERE s.id = %s AND s.claim_token = %s AND s.done = 0" + lock
+    )
 
 
 def check_if_idle(conn: Any) -> None:

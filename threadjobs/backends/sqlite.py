@@ -145,7 +145,7 @@ class SqliteBackend(SqlBackend):
         "claimed_until = {now} + %s, calls = calls + 1, "
         "unfinished_calls = unfinished_calls + 1, updated_at = {now} "
         "WHERE id IN (SELECT id FROM threadjobs_steps WHERE done = 0 "
-        "AND is_failed = 0 AND run_at <= {now} AND claimed_until < {now} "
+        "AND is_failed = 0 AND run_at <= {due_now} AND claimed_until < {due_now} "
         "AND job_name IN ({names}) ORDER BY run_at LIMIT %s) "
         "RETURNING id, job_id, job_name, step_index, member_index, "
         "(SELECT shape FROM threadjobs_jobs j WHERE j.id = job_id), "
