@@ -35,6 +35,33 @@ def test_members_without_sql_overlap_in_time(make_executor) -> None:
     assert len({ctx[f"m{i}"] for i in range(3)}) == 3
 
 
+def test_a_later_group_starts_every_member_at_once(make_executor) -> None:
+    # The worker that finishes the first step runs one member itself; idle
+    # threads must take the others at once, not at the next poll.
+    executor = make_executor(threads=4, poll_interval=30)
+    spans: dict[int, tuple[float, float]] = {}
+
+    def member(index):
+        def step(params):
+            start = time.monotonic()
+            time.sleep(0.4)
+            spans[index] = (start, time.monotonic())
+
+        return step
+
+    executor.add(Job("g").submit(lambda p: None).submit([member(i) for i in range(3)]))
+    executor.start()
+    time.sleep(0.2)
+    job_id = executor.execute("g")
+    wait_until(lambda: len(spans) == 3, timeout=5, what="every member to run")
+    wait_until(lambda: executor.get_job(job_id).status == "ended", timeout=5)
+    assert executor.stop(timeout=5)
+
+    latest_start = max(start for start, _ in spans.values())
+    earliest_end = min(end for _, end in spans.values())
+    assert latest_start < earliest_end, spans
+
+
 def test_members_keep_changes_to_different_keys(executor) -> None:
     def member(index):
         def step(params, ctx):
