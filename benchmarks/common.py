@@ -307,3 +307,17 @@ def latency_figures(samples: list[tuple[float, float, float]]) -> dict[str, floa
         "median ms after commit": statistics.median(from_commit),
         "p99 ms after commit": percentile(from_commit, 0.99),
     }
+
+
+@contextlib.contextmanager
+def counter(dsn: str) -> Iterator[Callable[..., int]]:
+    """``count(sql, params)`` on one connection for a whole wait: opening one
+    per poll would load the server with a new session twenty times a
+    second, slowing the system measured."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+
+        def count(sql: str, params: tuple[Any, ...] = ()) -> int:
+            row = conn.execute(sql, params).fetchone()
+            return int(row[0]) if row else 0
+
+        yield count

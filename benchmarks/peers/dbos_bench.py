@@ -12,13 +12,13 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-import psycopg
 from dbos import DBOSClient
 
 from ..common import (
     BenchError,
     Child,
     Sizes,
+    counter,
     latency_figures,
     running,
     scratch_postgres,
@@ -52,30 +52,25 @@ def _client(dsn: str) -> Iterator[DBOSClient]:
         client.destroy()
 
 
-def _count(dsn: str, sql: str, params: tuple[Any, ...] = ()) -> int:
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        row = conn.execute(sql, params).fetchone()
-    return int(row[0]) if row else 0
-
-
 def _wait_done(dsn: str, workflow: str, expected: int, timeout: float) -> None:
-    def done() -> bool:
-        failed = _count(
-            dsn, "SELECT COUNT(*) FROM dbos.workflow_status WHERE status = 'ERROR'"
-        )
-        if failed:
-            raise BenchError(f"{failed} DBOS workflows failed")
-        return (
-            _count(
-                dsn,
-                "SELECT COUNT(*) FROM dbos.workflow_status "
-                "WHERE name = %s AND status = 'SUCCESS'",
-                (workflow,),
-            )
-            >= expected
-        )
+    with counter(dsn) as count:
 
-    wait_until(done, timeout, f"{expected} {workflow} workflows to succeed")
+        def done() -> bool:
+            failed = count(
+                "SELECT COUNT(*) FROM dbos.workflow_status WHERE status = 'ERROR'"
+            )
+            if failed:
+                raise BenchError(f"{failed} DBOS workflows failed")
+            return (
+                count(
+                    "SELECT COUNT(*) FROM dbos.workflow_status "
+                    "WHERE name = %s AND status = 'SUCCESS'",
+                    (workflow,),
+                )
+                >= expected
+            )
+
+        wait_until(done, timeout, f"{expected} {workflow} workflows to succeed")
 
 
 def _options(workflow: str) -> Any:

@@ -19,6 +19,7 @@ from ..common import (
     BenchError,
     Child,
     Sizes,
+    counter,
     latency_figures,
     python_env,
     running,
@@ -49,12 +50,6 @@ def _database() -> Iterator[tuple[str, procrastinate.App]]:
             yield dsn, app
 
 
-def _count(dsn: str, sql: str, params: tuple[Any, ...] = ()) -> int:
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        row = conn.execute(sql, params).fetchone()
-    return int(row[0]) if row else 0
-
-
 @contextlib.contextmanager
 def _worker(dsn: str) -> Iterator[Child]:
     env = python_env()
@@ -66,33 +61,35 @@ def _worker(dsn: str) -> Iterator[Child]:
         f"--concurrency={CONCURRENCY}",
     ]
     with running(Child(args, env)) as child:
-        wait_until(
-            lambda: _count(dsn, "SELECT COUNT(*) FROM procrastinate_workers") > 0,
-            30,
-            "the Procrastinate worker to register",
-        )
+        with counter(dsn) as count:
+            wait_until(
+                lambda: count("SELECT COUNT(*) FROM procrastinate_workers") > 0,
+                30,
+                "the Procrastinate worker to register",
+            )
         time.sleep(0.3)
         yield child
 
 
 def _wait_done(dsn: str, task: str, expected: int, timeout: float) -> None:
-    def done() -> bool:
-        failed = _count(
-            dsn, "SELECT COUNT(*) FROM procrastinate_jobs WHERE status = 'failed'"
-        )
-        if failed:
-            raise BenchError(f"{failed} Procrastinate jobs failed")
-        return (
-            _count(
-                dsn,
-                "SELECT COUNT(*) FROM procrastinate_jobs "
-                "WHERE task_name = %s AND status = 'succeeded'",
-                (task,),
-            )
-            >= expected
-        )
+    with counter(dsn) as count:
 
-    wait_until(done, timeout, f"{expected} {task} jobs to succeed")
+        def done() -> bool:
+            failed = count(
+                "SELECT COUNT(*) FROM procrastinate_jobs WHERE status = 'failed'"
+            )
+            if failed:
+                raise BenchError(f"{failed} Procrastinate jobs failed")
+            return (
+                count(
+                    "SELECT COUNT(*) FROM procrastinate_jobs "
+                    "WHERE task_name = %s AND status = 'succeeded'",
+                    (task,),
+                )
+                >= expected
+            )
+
+        wait_until(done, timeout, f"{expected} {task} jobs to succeed")
 
 
 def _throughput(sizes: Sizes, first: str, last: str, count: int, **extra: Any) -> float:
