@@ -24,7 +24,6 @@ from typing import TYPE_CHECKING, Any, Optional
 from .backends.base import (
     ClaimLostError,
     Continuation,
-    FinishResult,
     SqlBackend,
     StepContext,
     new_worker_id,
@@ -275,10 +274,10 @@ class Worker:
         escape."""
         try:
             with self.backend.connection() as conn:
-                result = self._call_on(conn, claim, None)
-                while result is not None and result.next_claim is not None:
-                    self._continue_with(claim, result.next_claim)
-                    claim = result.next_claim
+                next_claim = self._call_on(conn, claim)
+                while next_claim is not None:
+                    self._continue_with(claim, next_claim)
+                    claim = next_claim
                     # The commit may have made more steps due (a group's
                     # other members, child jobs) for idle threads. Read
                     # without the lock: a stale count costs one needless
@@ -286,10 +285,9 @@ class Worker:
                     if len(self._running) < self.settings.threads:
                         self._wake.set()
                     if self.stopping.is_set():
-                        self.backend._rollback_quietly(conn)
                         self._release(claim)
                         break
-                    result = self._call_on(conn, claim, result.next_start)
+                    next_claim = self._call_on(conn, claim)
         except DatabaseError as exc:
             # No connection for the call: it never started, so the claim
             # goes back uncounted.
@@ -317,22 +315,18 @@ class Worker:
             if entry is not None:
                 self._running[next_claim.step_id] = (next_claim, entry[1])
 
-    def _call_on(
-        self, conn: Any, claim: Claim, start: Optional[StepContext]
-    ) -> Optional[FinishResult]:
-        """Call one claimed step, opened already if ``start`` is given; the
-        result says which step this call claimed to run next, if any."""
+    def _call_on(self, conn: Any, claim: Claim) -> Optional[Claim]:
+        """Call one claimed step; return the step this call claimed to run
+        next, if any."""
         job = self.executor.definition(claim.job_name)
         problem = self._refusal(claim, job)
         if problem:
-            self.backend._rollback_quietly(conn)  # Frees the row, if opened.
             self._fail(claim, problem, None, called=False)
             return None
 
         try:
             with self.backend.translate_errors():
-                if start is None:
-                    start = self.backend.open_step(conn, claim)
+                start = self.backend.open_step(conn, claim)
         except ClaimLostError:
             self.backend._rollback_quietly(conn)
             return None
@@ -419,7 +413,7 @@ class Worker:
         start: StepContext,
         ctx_after: dict[str, Any],
         continuation: Optional[Continuation],
-    ) -> FinishResult:
+    ) -> Optional[Claim]:
         # Take the database's write lock before the in-process job lock:
         # the reverse order could deadlock against a member of the same job
         # that already holds SQLite's write lock from its own exec_query.
@@ -438,7 +432,7 @@ class Worker:
                 continuation,
             )
         self._log_outcome(claim, outcome, result.job_ended)
-        return result
+        return result.next_claim
 
     def _log_outcome(self, claim: Claim, outcome: Any, ended: bool) -> None:
         extra = {

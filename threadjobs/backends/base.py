@@ -195,8 +195,6 @@ class FinishResult:
     child_job_id: Optional[int] = None
     #: The next step to run, already claimed for the continuing worker.
     next_claim: Optional[Claim] = None
-    #: Its call, already opened, where the commit could do that too.
-    next_start: Optional[StepContext] = None
 
 
 class SqlBackend(abc.ABC):
@@ -865,17 +863,11 @@ class SqlBackend(abc.ABC):
         if self.holds_row_locks:
             self.begin(conn)
         lock_job = self._locks_job(claim)
-        return step_context(self._read_claimed(cur, claim, lock_job), claim, lock_job)
+        return _step_context(self._read_claimed(cur, claim, lock_job), claim, lock_job)
 
     def _locks_job(self, claim: Claim) -> bool:
         """Whether a call holds its job row's lock from the start."""
         return self.holds_row_locks and claim.group_size == 1
-
-    def commit_and_open(self, conn: Any, claim: Claim) -> Optional[StepContext]:
-        """Commit, then open the call of ``claim`` if that costs no round
-        trip of its own; None leaves the opening to ``open_step()``."""
-        conn.commit()
-        return None
 
     def _read_claimed(
         self, cur: Any, claim: Claim, lock_job: bool
@@ -956,11 +948,8 @@ class SqlBackend(abc.ABC):
                 result = FinishResult(ended, True, result.child_job_id, next_claim)
         if continuation is not None and result.next_claim is None:
             result = replace(result, next_claim=self._claim_another(cur, continuation))
-        if result.next_claim is None:
-            conn.commit()
-            return result
-        next_start = self.commit_and_open(conn, result.next_claim)
-        return replace(result, next_start=next_start)
+        conn.commit()
+        return result
 
     def _claim_another(self, cur: Any, continuation: Continuation) -> Optional[Claim]:
         if not continuation.job_names:
@@ -1394,7 +1383,7 @@ def merge_ctx(
     return merged
 
 
-def step_context(
+def _step_context(
     row: Optional[Sequence[Any]], claim: Claim, locked_job: bool
 ) -> StepContext:
     """A call's start from (params, ctx, current_step, ended_at)."""

@@ -28,7 +28,7 @@ from typing import Any, Optional, TypeVar
 
 from ..errors import ConfigurationError, DatabaseUnavailableError
 from ..records import Claim
-from .base import INHERITED, SqlBackend, StepContext, Write, step_context
+from .base import INHERITED, SqlBackend, Write
 
 try:
     import psycopg
@@ -42,8 +42,6 @@ except ImportError as exc:  # pragma: no cover - depends on the install
     ) from exc
 
 logger = logging.getLogger(__name__)
-
-TUPLES_OK = psycopg.pq.ExecStatus.TUPLES_OK
 
 T = TypeVar("T")
 
@@ -362,27 +360,6 @@ class PostgresBackend(SqlBackend):
         finally:
             if not conn.closed:
                 conn.autocommit = False
-
-    def commit_and_open(self, conn: Any, claim: Claim) -> Optional[StepContext]:
-        """COMMIT, BEGIN and the next call's opening read in one round trip.
-
-        Sent as one simple query, with the parameters (an id and a token of
-        our own making) bound on the client. An error after COMMIT leaves
-        the commit's outcome to be confirmed, like any lost connection.
-        """
-        lock_job = self._locks_job(claim)
-        cur = psycopg.ClientCursor(conn)
-        cur.execute(
-            "COMMIT; BEGIN; " + _open_sql(lock_job), (claim.step_id, claim.token)
-        )
-        while cur.pgresult is not None and cur.pgresult.status != TUPLES_OK:
-            if not cur.nextset():
-                break
-        row = cur.fetchone() if cur.pgresult is not None else None
-        if row is None:  # Left to open_step(), which says what happened.
-            conn.rollback()
-            return None
-        return step_context(row, claim, lock_job)
 
     def listen(self, wake: Callable[[], None], stopping: threading.Event) -> None:
         """Call ``wake`` on every notification until ``stopping`` is set.
