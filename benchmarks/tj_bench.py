@@ -47,7 +47,10 @@ def worker(url: str, *extra: str, threads: int = 4) -> Iterator[Child]:
     with running(Child(args)) as child:
         child.wait_line("ready")
         time.sleep(SETTLE_SECS)
-        yield child
+        try:
+            yield child
+        except BenchError as exc:
+            raise BenchError(f"{exc}; the worker's log ends:\n{child.tail()}") from exc
 
 
 @contextlib.contextmanager

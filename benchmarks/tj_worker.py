@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import signal
 from collections import Counter
 from typing import Any
@@ -45,6 +46,11 @@ def main() -> None:
     parser.add_argument("--poll-interval", type=float, default=0.2)
     parser.add_argument("--count-queries", metavar="FILE")
     args = parser.parse_args()
+    # Warnings and errors go to the log that a failed run quotes.
+    logging.basicConfig(
+        level=logging.WARNING,
+        format="%(asctime)s %(threadName)s %(name)s %(levelname)s %(message)s",
+    )
     if args.count_queries:
         _count_psycopg()
 

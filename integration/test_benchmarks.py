@@ -61,7 +61,7 @@ def test_quick_benchmarks_run(tmp_path: Path, server_urls: Any) -> None:
     results = json.loads((tmp_path / "results.json").read_text())["results"]
     ours = [item for item in results if item["system"] == "threadjobs"]
     failed = {(i["workload"], i["backend"]): i["error"] for i in ours if i["error"]}
-    assert not failed, failed
+    assert not failed, f"{failed}\n{done.stdout}\n{done.stderr}"
     measured = {(item["workload"], item["backend"]) for item in ours if item["runs"]}
     for workload in ("w1", "w2", "enqueue", "bulk", "latency"):
         for backend in backends:
