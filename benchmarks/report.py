@@ -183,7 +183,7 @@ def markdown(results: Results) -> str:
     lines = [
         f"Run {meta['date']} on {meta['machine']['nproc']} cores "
         f"({meta['machine']['cpu']}), {meta['mode']} mode, "
-        f"medians of {meta['runs']} run(s) for W1, W2 and enqueue.",
+        f"medians of {meta['runs']} run(s) for the ceiling, W1, W2, enqueue and bulk.",
         "",
         "| workload | system | backend | metric | median | runs |",
         "|---|---|---|---|---|---|",

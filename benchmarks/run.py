@@ -86,7 +86,7 @@ PLAN: dict[str, list[tuple[str, str, Measure]]] = {
     "memory": [("threadjobs", "postgresql", tj_bench.memory)],
 }
 
-REPEATED = {"w1", "w2", "enqueue", "bulk"}
+REPEATED = {"ceiling", "w1", "w2", "enqueue", "bulk"}
 """Workloads measured ``runs`` times; the others measure distributions or
 repeat internally."""
 
