@@ -242,10 +242,10 @@ def test_tables_of_another_schema_version_are_refused(
 def test_older_tables_are_upgraded_by_their_migrations(
     ex, make_executor, monkeypatch
 ) -> None:
-    from threadjobs.backends import base
+    from threadjobs.backends import sql
 
     job_id = ex.execute("mail")
-    monkeypatch.setattr(base, "SCHEMA_VERSION", 2)
+    monkeypatch.setattr(sql, "SCHEMA_VERSION", 2)
     upgraded = make_executor()
     monkeypatch.setattr(
         upgraded.backend,

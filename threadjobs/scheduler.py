@@ -21,13 +21,9 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Optional
 
-from .backends.base import (
-    ClaimLostError,
-    Continuation,
-    SqlBackend,
-    StepContext,
-    new_worker_id,
-)
+from .backends.base import SqlBackend
+from .backends.sql import new_worker_id
+from .backends.steps import ClaimLostError, Continuation, StepContext
 from .errors import DatabaseError, SchemaVersionError, TransientDatabaseError
 from .jsonvalues import check_dict, copy_json
 from .outcomes import CallAgain, Done, FailKeepWork, StartChild, interpret

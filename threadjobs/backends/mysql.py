@@ -59,12 +59,13 @@ from ..errors import (
     DatabaseUnavailableError,
     TransientDatabaseError,
 )
-from .base import INHERITED, SqlBackend
+from .base import SqlBackend
 from .mysql_pool import (
     ConnectionPool,
     PooledConnection,
     tune_socket,
 )
+from .sql import INHERITED
 
 try:
     import pymysql

@@ -28,7 +28,8 @@ from typing import Any, Optional, TypeVar
 
 from ..errors import ConfigurationError, DatabaseUnavailableError
 from ..records import Claim
-from .base import INHERITED, SqlBackend, Write
+from .base import SqlBackend
+from .sql import INHERITED, Write
 
 try:
     import psycopg

@@ -34,7 +34,8 @@ from contextlib import contextmanager
 from typing import Any
 
 from ..errors import ConfigurationError, TransientDatabaseError
-from .base import INHERITED, SqlBackend, process_start
+from .base import SqlBackend
+from .sql import INHERITED, process_start
 
 logger = logging.getLogger(__name__)
 
