@@ -43,7 +43,9 @@ the transaction runs again on another connection.
 """
 
 
-class PooledConnection(pymysql.connections.Connection):  # type: ignore[misc,unused-ignore]
+class PooledConnection(
+    pymysql.connections.Connection,  # type: ignore[misc,unused-ignore]
+):
     """A PyMySQL connection that knows whether a transaction is open.
 
     PyMySQL refreshes ``server_status`` only from OK packets, so the server's
