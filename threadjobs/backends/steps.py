@@ -274,16 +274,18 @@ class StepStore(SqlCore):
 
         self.transaction(work)
 
-    def release_unstarted(self, token: str) -> None:
-        """Give back a claim whose call never started, counting no call."""
+    def release_unstarted(self, token: str, step_id: Optional[int] = None) -> None:
+        """Give back claims whose calls never started, counting no call:
+        every step claimed with ``token``, or only step ``step_id``."""
+        only = "" if step_id is None else " AND id = %s"
         self.transaction(
             lambda cur: self.execute(
                 cur,
                 "UPDATE threadjobs_steps SET claim_token = NULL, "
                 "claimed_by = NULL, claimed_until = 0, calls = calls - 1, "
                 "unfinished_calls = unfinished_calls - 1 "
-                "WHERE claim_token = %s AND done = 0",
-                (token,),
+                f"WHERE claim_token = %s AND done = 0{only}",
+                (token,) if step_id is None else (token, step_id),
             )
         )
 
@@ -379,6 +381,32 @@ class StepStore(SqlCore):
         self.check_transaction_intact(conn)
         cur = conn.cursor()
         self.ensure_transaction(conn)
+        result = self.apply_finish(
+            cur,
+            claim,
+            outcome,
+            start,
+            ctx_after,
+            enqueue_child,
+            max_ctx_bytes,
+            continuation,
+        )
+        conn.commit()
+        return result
+
+    def apply_finish(
+        self,
+        cur: Any,
+        claim: Claim,
+        outcome: Outcome,
+        start: StepContext,
+        ctx_after: dict[str, Any],
+        enqueue_child: Callable[[Any, StartChild], int],
+        max_ctx_bytes: int,
+        continuation: Optional[Continuation] = None,
+    ) -> FinishResult:
+        """finish_step's writes, inside a transaction that the caller
+        commits (its own, or one shared with other step calls)."""
         job = start.locked_job or self._lock_job(cur, claim)
         ctx = merge_ctx(job.ctx, start.ctx, ctx_after)
         ctx_json = jsonvalues.dumps(ctx)
@@ -405,7 +433,6 @@ class StepStore(SqlCore):
                 result = FinishResult(ended, True, result.child_job_id, next_claim)
         if continuation is not None and result.next_claim is None:
             result = replace(result, next_claim=self._claim_another(cur, continuation))
-        conn.commit()
         return result
 
     def _claim_another(self, cur: Any, continuation: Continuation) -> Optional[Claim]:
