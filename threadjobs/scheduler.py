@@ -6,6 +6,12 @@ in this process, or the poll interval passes. Each pool thread runs step
 calls on its own pooled connection, one transaction each; a call's commit
 claims the next step for the same thread (the job's next step, or another
 due one), so a busy thread goes from call to call without the scheduler.
+
+Where the backend's ``calls_per_commit`` is above one (SQLite), a thread
+is handed that many claims at a time and calls them in turn; the calls that
+ran no SQL of their own then commit together, each in a savepoint, so that
+one sync of the disk serves several calls. A call that runs SQL commits the
+waiting ones first and then commits alone, as everywhere.
 """
 
 from __future__ import annotations
@@ -14,16 +20,17 @@ import logging
 import threading
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING, Any, Optional
 
 from .backends.base import SqlBackend
-from .backends.sql import new_worker_id
-from .backends.steps import ClaimLostError, Continuation, StepContext
+from .backends.sql import conn_in_transaction, new_worker_id
+from .backends.steps import ClaimLostError, Continuation, FinishResult, StepContext
 from .errors import DatabaseError, SchemaVersionError, TransientDatabaseError
 from .jsonvalues import check_dict, copy_json
 from .outcomes import CallAgain, Done, FailKeepWork, StartChild, interpret
@@ -40,6 +47,12 @@ REAP_INTERVAL_SECS = 1.0
 
 MAX_BACKOFF_SECS = 5.0
 """The longest a worker waits between tries while the database is down."""
+
+MAX_PENDING_SECS = 0.05
+"""How long finished calls may wait to commit together before the thread
+commits them rather than call its next claimed step first."""
+
+_SAVEPOINT = "threadjobs_call"
 
 
 @dataclass(frozen=True)
@@ -79,16 +92,47 @@ class KeyedLocks:
 class StepSession:
     """The connection of the step call running in the current thread."""
 
-    def __init__(self, backend: SqlBackend, conn: Any, claim: Claim) -> None:
+    def __init__(
+        self,
+        backend: SqlBackend,
+        conn: Any,
+        claim: Claim,
+        before_begin: Optional[Callable[[], None]] = None,
+    ) -> None:
         self.backend = backend
         self.conn = conn
         self.claim = claim
+        self.before_begin = before_begin
 
     def cursor(self) -> Any:
         """A cursor inside the step's transaction, beginning it if needed."""
+        if self.before_begin is not None and not conn_in_transaction(self.conn):
+            self.before_begin()
         with self.backend.translate_errors():
             self.backend.ensure_transaction(self.conn)
         return self.conn.cursor()
+
+
+@dataclass
+class _Finished:
+    """A call that ran no SQL of its own, its outcome not yet committed."""
+
+    claim: Claim
+    outcome: Any
+    start: StepContext
+    ctx: dict[str, Any]
+    continuation: Optional[Continuation]
+    at: float
+
+
+@dataclass
+class _Round:
+    """One thread's turn through its claims."""
+
+    #: Finished calls waiting to commit together.
+    pending: list[_Finished] = field(default_factory=list)
+    #: The steps the round's commits claimed for this thread to run next.
+    next_claims: list[Claim] = field(default_factory=list)
 
 
 class Worker:
@@ -108,9 +152,14 @@ class Worker:
         self._wake = threading.Event()
         # Serializes the ctx merge of one job's members within this process.
         self._job_locks = KeyedLocks()
-        # Protects _running: step id -> (claim, future) of claimed calls.
+        # Protects _running and _busy: step id -> (claim, future) of claimed
+        # calls, and how many pool threads have claims to call.
         self._running_lock = threading.Lock()
         self._running: dict[int, tuple[Claim, Future[None]]] = {}
+        self._busy = 0
+        self._calls_per_commit = max(1, backend.calls_per_commit)
+        # How long each step's last call took here: (job, step, member) -> s.
+        self._durations: dict[tuple[str, int, int], float] = {}
         self._grace: Optional[float] = None
         #: Step calls still running when stop() stopped waiting for them.
         self.unfinished_at_stop = 0
@@ -187,16 +236,17 @@ class Worker:
 
     def _claim_and_submit(self, pool: ThreadPoolExecutor) -> int:
         with self._running_lock:
-            free = self.settings.threads - len(self._running)
+            free = self.settings.threads - self._busy
         if free <= 0:
             return 0
+        wanted = free * self._calls_per_commit
         claims = self.backend.claim(
             self.executor.job_names(),
             self.worker_id,
-            free,
+            wanted,
             self.settings.lease_seconds,
         )
-        for index, claim in enumerate(claims):
+        for claim in claims:
             logger.debug(
                 "claimed %s",
                 claim.label,
@@ -207,23 +257,29 @@ class Worker:
                     "step": claim.step_index,
                 },
             )
-            if not self._submit(pool, claim):
-                for unsubmitted in claims[index:]:
-                    self._release(unsubmitted)
+        # Dealt out in turn, so that every free thread gets work first.
+        shares = [claims[i::free] for i in range(min(free, len(claims)))]
+        for index, share in enumerate(shares):
+            if not self._submit(pool, share):
+                for unsubmitted in shares[index:]:
+                    for claim in unsubmitted:
+                        self._release(claim)
                 break
         # A full batch means more may be due: claim again when a thread frees.
-        return len(claims) if len(claims) < free else 0
+        return len(claims) if len(claims) < wanted else 0
 
-    def _submit(self, pool: ThreadPoolExecutor, claim: Claim) -> bool:
+    def _submit(self, pool: ThreadPoolExecutor, claims: list[Claim]) -> bool:
         with self._running_lock:
             try:
-                future = pool.submit(self._call, claim)
+                future = pool.submit(self._call, claims)
             except RuntimeError:
                 # The interpreter is exiting and the pool takes no more
                 # calls: the worker stops and gives its claims back.
                 self.stopping.set()
                 return False
-            self._running[claim.step_id] = (claim, future)
+            self._busy += 1
+            for claim in claims:
+                self._running[claim.step_id] = (claim, future)
         return True
 
     def _chores(self) -> None:
@@ -264,56 +320,131 @@ class Worker:
 
     # -- one step call -------------------------------------------------------
 
-    def _call(self, claim: Claim) -> None:
-        """Run one claimed step call, then the job's next steps that the
-        calls claim for this worker as they commit; never lets an exception
+    def _call(self, claims: list[Claim]) -> None:
+        """Run claimed step calls, then the steps that their commits claim
+        for this worker, until none is left; never lets an exception
         escape."""
         try:
             with self.backend.connection() as conn:
-                next_claim = self._call_on(conn, claim)
-                while next_claim is not None:
-                    self._continue_with(claim, next_claim)
-                    claim = next_claim
-                    # The commit may have made more steps due (a group's
+                while claims:
+                    next_claims = self._call_round(conn, claims)
+                    self._replace(claims, next_claims)
+                    claims = next_claims
+                    # The commits may have made more steps due (a group's
                     # other members, child jobs) for idle threads. Read
                     # without the lock: a stale count costs one needless
                     # wake-up or one poll interval.
-                    if len(self._running) < self.settings.threads:
+                    if claims and self._busy < self.settings.threads:
                         self._wake.set()
                     if self.stopping.is_set():
-                        self._release(claim)
+                        for claim in claims:
+                            self._release(claim)
                         break
-                    next_claim = self._call_on(conn, claim)
         except DatabaseError as exc:
-            # No connection for the call: it never started, so the claim
-            # goes back uncounted.
-            logger.warning(
-                "%s: no database connection for the step call: %s",
-                claim.label,
-                exc,
-                extra={"action": "step_retry", "job_id": claim.job_id},
-            )
-            self._release(claim)
+            # No connection for the calls: they never started, so the
+            # claims go back uncounted.
+            for claim in claims:
+                self._retry_later(claim, "no database connection for the call", exc)
         except Exception:
             logger.exception(
-                "%s: the worker failed around the step call",
-                claim.label,
-                extra={"action": "worker_error", "job_id": claim.job_id},
+                "the worker failed around the step calls of %s",
+                ", ".join(claim.label for claim in claims),
+                extra={"action": "worker_error"},
             )
         finally:
-            self._forget(claim)
+            with self._running_lock:
+                for claim in claims:
+                    self._running.pop(claim.step_id, None)
+                self._busy -= 1
             self._wake.set()
 
-    def _continue_with(self, done: Claim, next_claim: Claim) -> None:
-        """Let the entry of a finished call stand for the job's next step."""
-        with self._running_lock:
-            entry = self._running.pop(done.step_id, None)
-            if entry is not None:
-                self._running[next_claim.step_id] = (next_claim, entry[1])
+    def _call_round(self, conn: Any, claims: list[Claim]) -> list[Claim]:
+        """Call each claim in turn; return the steps claimed to run next.
 
-    def _call_on(self, conn: Any, claim: Claim) -> Optional[Claim]:
+        Calls that ran no SQL of their own wait in the round and commit
+        together, at the end or once the first of them has waited
+        MAX_PENDING_SECS, when the backend commits several calls at once.
+        """
+        turn: Optional[_Round] = _Round() if self._calls_per_commit > 1 else None
+        if turn is not None:
+            claims = self._suspects_last(claims)
+        next_claims: list[Claim] = []
+        for index, claim in enumerate(claims):
+            if self.stopping.is_set():
+                for unstarted in claims[index:]:
+                    self._release(unstarted)
+                break
+            if turn is not None and turn.pending and self._commit_first(turn, claim):
+                self._commit_pending(conn, turn)
+            started = time.monotonic()
+            try:
+                next_claim = self._call_on(conn, claim, turn)
+            except DatabaseError as exc:
+                self._retry_later(claim, "database error before the call", exc)
+                continue
+            self._durations[_step_key(claim)] = time.monotonic() - started
+            if next_claim is not None:
+                next_claims.append(next_claim)
+        if turn is not None:
+            if turn.pending:
+                self._commit_pending(conn, turn)
+            next_claims.extend(turn.next_claims)
+        return next_claims
+
+    def _commit_first(self, turn: _Round, claim: Claim) -> bool:
+        """Whether the waiting calls should commit before ``claim`` is called:
+        when they have waited long enough, when its step was slow (or not
+        seen yet) in this worker, or when a worker died during its last call.
+        """
+        if time.monotonic() - turn.pending[0].at > MAX_PENDING_SECS:
+            return True
+        last = self._durations.get(_step_key(claim))
+        return last is None or last > MAX_PENDING_SECS or _suspect(claim)
+
+    def _suspects_last(self, claims: list[Claim]) -> list[Claim]:
+        """Keep at most one claim whose last call never finished, and call it
+        after the others.
+
+        A worker that dies counts an unfinished call on every step it had
+        claimed, run or not. Should a step kill its worker again, the other
+        claims of its round are finished by then, and claims of such steps
+        are not waiting beside it.
+        """
+        suspects = [claim for claim in claims if _suspect(claim)]
+        for claim in suspects[1:]:
+            self._give_back(claim.token, claim.step_id)
+        others = [claim for claim in claims if not _suspect(claim)]
+        return others + suspects[:1]
+
+    def _retry_later(self, claim: Claim, what: str, exc: BaseException) -> None:
+        """Give back the claim of a call that never started, uncounted."""
+        logger.warning(
+            "%s: %s: %s",
+            claim.label,
+            what,
+            exc,
+            extra={"action": "step_retry", "job_id": claim.job_id},
+        )
+        self._release(claim)
+
+    def _replace(self, done: list[Claim], next_claims: list[Claim]) -> None:
+        """Let the entries of a round's claims stand for the next ones."""
+        with self._running_lock:
+            future = None
+            for claim in done:
+                entry = self._running.pop(claim.step_id, None)
+                if entry is not None:
+                    future = entry[1]
+            if future is not None:
+                for claim in next_claims:
+                    self._running[claim.step_id] = (claim, future)
+
+    def _call_on(
+        self, conn: Any, claim: Claim, turn: Optional[_Round] = None
+    ) -> Optional[Claim]:
         """Call one claimed step; return the step this call claimed to run
-        next, if any."""
+        next, if any. With a ``turn``, a call that ran no SQL of its own
+        joins ``turn.pending`` instead of committing."""
         job = self.executor.definition(claim.job_name)
         problem = self._refusal(claim, job)
         if problem:
@@ -355,7 +486,12 @@ class Worker:
                     "step": claim.step_index,
                 },
             )
-        session = StepSession(self.backend, conn, claim)
+        # A step that runs SQL commits alone, after the calls waiting before
+        # it (its transaction holds SQLite's one write lock until it ends).
+        before_begin = (
+            None if turn is None else partial(self._commit_pending, conn, turn)
+        )
+        session = StepSession(self.backend, conn, claim, before_begin)
         continuation = None
         try:
             with self.executor._step_session(session):
@@ -367,6 +503,13 @@ class Worker:
                     self.settings.lease_seconds,
                     self.executor.job_names(),
                 )
+            if turn is not None and not conn_in_transaction(conn):
+                turn.pending.append(
+                    _Finished(
+                        claim, outcome, start, ctx, continuation, time.monotonic()
+                    )
+                )
+                return None
             with self.backend.translate_errors():
                 return self._commit(conn, claim, outcome, start, ctx, continuation)
         except ClaimLostError:
@@ -429,6 +572,85 @@ class Worker:
             )
         self._log_outcome(claim, outcome, result.job_ended)
         return result.next_claim
+
+    def _commit_pending(self, conn: Any, turn: _Round) -> None:
+        """Commit the calls waiting in ``turn`` in one transaction, each in a
+        savepoint of its own; never raises.
+
+        A call whose writes fail rolls back to its savepoint and fails (or
+        is retried) alone. If the transaction fails as a whole, every call
+        in it is handled as if its own commit had failed.
+        """
+        pending, turn.pending = turn.pending, []
+        if not pending:
+            return
+        results: list[Any] = []
+        try:
+            with self.backend.translate_errors():
+                self.backend.begin(conn)
+                cur = conn.cursor()
+                for finished in pending:
+                    results.append(self._apply_saved(conn, cur, finished))
+                conn.commit()
+        except TransientDatabaseError as exc:
+            self.backend._rollback_quietly(conn)
+            for finished in pending:
+                self._infrastructure_failure(
+                    conn, finished.claim, exc, finished.continuation
+                )
+            return
+        except BaseException as exc:
+            self.backend._rollback_quietly(conn)
+            for finished in pending:
+                self._step_raised(finished.claim, exc)
+            return
+
+        logger.debug(
+            "%d step calls committed together",
+            len(pending),
+            extra={"action": "shared_commit"},
+        )
+        for finished, result in zip(pending, results, strict=True):
+            claim = finished.claim
+            if isinstance(result, FinishResult):
+                self._log_outcome(claim, finished.outcome, result.job_ended)
+                if result.next_claim is not None:
+                    turn.next_claims.append(result.next_claim)
+            elif isinstance(result, ClaimLostError):
+                logger.warning(
+                    "%s: the claim passed to another worker; this call rolled back",
+                    claim.label,
+                    extra={"action": "claim_lost", "job_id": claim.job_id},
+                )
+            elif isinstance(result, TransientDatabaseError):
+                self._infrastructure_failure(conn, claim, result)
+            else:
+                self._step_raised(claim, result)
+
+    def _apply_saved(self, conn: Any, cur: Any, finished: _Finished) -> Any:
+        """One waiting call's writes in a savepoint: its FinishResult, or
+        the exception that rolled them back."""
+        backend = self.backend
+        backend.execute(cur, f"SAVEPOINT {_SAVEPOINT}")
+        try:
+            with backend.translate_errors():
+                result: Any = backend.apply_finish(
+                    cur,
+                    finished.claim,
+                    finished.outcome,
+                    finished.start,
+                    finished.ctx,
+                    self.executor._enqueue_child,
+                    self.settings.max_ctx_bytes,
+                    finished.continuation,
+                )
+        except BaseException as exc:
+            if isinstance(exc, DatabaseError) and not conn_in_transaction(conn):
+                raise  # The database dropped the whole transaction.
+            backend.execute(cur, f"ROLLBACK TO SAVEPOINT {_SAVEPOINT}")
+            result = exc
+        backend.execute(cur, f"RELEASE SAVEPOINT {_SAVEPOINT}")
+        return result
 
     def _log_outcome(self, claim: Claim, outcome: Any, ended: bool) -> None:
         extra = {
@@ -551,9 +773,9 @@ class Worker:
         )
         self._release(claim)
 
-    def _give_back(self, token: str) -> None:
+    def _give_back(self, token: str, step_id: Optional[int] = None) -> None:
         try:
-            self.backend.release_unstarted(token)
+            self.backend.release_unstarted(token, step_id)
         except DatabaseError:
             # The claim's lease runs out instead (on SQLite, the worker
             # frees its own leftovers after OWN_LEFTOVER_SECS).
@@ -567,3 +789,13 @@ class Worker:
             logger.debug("could not release %s yet", claim.label, exc_info=True)
             with self._running_lock:
                 self._unreleased.append(claim)
+
+
+def _step_key(claim: Claim) -> tuple[str, int, int]:
+    return claim.job_name, claim.step_index, claim.member_index
+
+
+def _suspect(claim: Claim) -> bool:
+    """Whether a worker died during this step's last call (this claim
+    counted one more unfinished call)."""
+    return claim.unfinished_calls > 1

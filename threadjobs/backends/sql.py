@@ -107,6 +107,12 @@ class SqlCore(abc.ABC):
     #: connection (PostgreSQL, MySQL).
     holds_row_locks: bool = True
 
+    #: How many claimed steps a worker thread calls before it commits their
+    #: outcomes together, one savepoint each. More than one where a single
+    #: connection writes at a time and every commit waits for the disk
+    #: (SQLite), so that commits, not calls, are what is saved on.
+    calls_per_commit: int = 1
+
     #: True where ``run_alone()`` can run a statement as its own transaction,
     #: saving the round trips of BEGIN and COMMIT.
     statements_commit_alone: bool = False

@@ -133,6 +133,7 @@ class SqliteBackend(SqlBackend):
 
     name = "sqlite"
     holds_row_locks = False
+    calls_per_commit = 4
     now_sql = "((julianday('now') - 2440587.5) * 86400.0)"
     lock_rows = ""
     skip_locked = ""

@@ -1,0 +1,154 @@
+"""SQLite: a worker thread calls several claimed steps, then commits the
+outcomes of those that ran no SQL together, one savepoint each.
+
+What every step's guarantees are does not change, and the behavioural
+suite checks that on every backend; these tests check the sharing itself:
+that it happens, that a call running SQL or a slow call does not make
+finished calls wait behind it, that one call's failing writes roll back
+alone, and that a step during which a worker died runs after the others.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from threadjobs import Job, JobExecutor
+
+from .helpers import run_until_settled
+
+
+@pytest.fixture
+def one_thread(sqlite_url: str) -> Iterator[JobExecutor]:
+    """A worker of one thread, so that it gets every due step at once."""
+    executor = JobExecutor(sqlite_url, threads=1, poll_interval=0.05)
+    yield executor
+    executor.close()
+
+
+def quick(params: dict[str, Any], ctx: dict[str, Any]) -> None:
+    ctx["ran"] = True
+
+
+def shared_commit_sizes(caplog: Any) -> list[int]:
+    return [
+        record.args[0]  # type: ignore[index]
+        for record in caplog.records
+        if getattr(record, "action", "") == "shared_commit"
+    ]
+
+
+def test_quick_calls_of_one_thread_commit_together(one_thread, caplog) -> None:
+    caplog.set_level(logging.DEBUG, logger="threadjobs.scheduler")
+    one_thread.add(Job("quick").submit(quick))
+    ids = [one_thread.execute("quick", {"n": n}) for n in range(4)]
+
+    run_until_settled(one_thread)
+
+    assert [one_thread.get_job(job_id).ctx for job_id in ids] == [{"ran": True}] * 4
+    assert 4 in shared_commit_sizes(caplog)
+
+
+def test_a_step_running_sql_commits_the_waiting_calls_first(one_thread) -> None:
+    one_thread.exec_query("CREATE TABLE seen (ended INTEGER)")
+
+    def writer(params: dict[str, Any], ctx: dict[str, Any], ex: JobExecutor) -> None:
+        ended = ex.exec_query(
+            "SELECT COUNT(*) FROM threadjobs_jobs WHERE ended_at IS NOT NULL"
+        )[0][0]
+        ex.exec_query("INSERT INTO seen VALUES (%s)", [ended])
+        ctx["ended_before"] = ended
+
+    one_thread.add(Job("quick").submit(quick))
+    one_thread.add(Job("writer").submit(writer))
+    quick_ids = [one_thread.execute("quick", {"n": n}) for n in range(2)]
+    writer_id = one_thread.execute("writer")
+
+    run_until_settled(one_thread)
+
+    # The quick calls ran first and were committed before the writer's
+    # transaction began; the writer's own SQL and ctx committed together.
+    assert one_thread.get_job(writer_id).ctx == {"ended_before": 2}
+    assert one_thread.exec_query("SELECT ended FROM seen") == [(2,)]
+    assert all(one_thread.get_job(i).status == "ended" for i in quick_ids)
+
+
+def test_a_call_whose_writes_fail_rolls_back_alone(sqlite_url, caplog) -> None:
+    executor = JobExecutor(sqlite_url, threads=1, poll_interval=0.05, max_ctx_bytes=500)
+
+    def big(params: dict[str, Any], ctx: dict[str, Any]) -> None:
+        ctx["blob"] = "x" * 1000
+
+    try:
+        executor.add(Job("quick").submit(quick))
+        executor.add(Job("big").submit(big))
+        first = executor.execute("quick", {"n": 1})
+        failing = executor.execute("big")
+        last = executor.execute("quick", {"n": 2})
+        run_until_settled(executor)
+
+        assert executor.get_job(first).status == "ended"
+        assert executor.get_job(last).status == "ended"
+        failed = executor.get_job(failing)
+        assert failed.status == "failed"
+        assert "over the cap of 500 bytes" in (failed.error or "")
+        assert failed.ctx == {}
+    finally:
+        executor.close()
+
+
+def test_calls_do_not_wait_behind_a_slow_step(one_thread) -> None:
+    seen: list[str] = []
+
+    def check(params: dict[str, Any], ctx: Any, ex: JobExecutor) -> None:
+        seen.append(ex.get_job(params["watch"]).status)
+        time.sleep(params["sleep"])
+
+    one_thread.add(Job("quick").submit(quick))
+    one_thread.add(Job("check").submit(check))
+    first = one_thread.execute("quick")
+    slow = one_thread.execute("check", {"watch": first, "sleep": 0.2})
+    one_thread.execute("check", {"watch": slow, "sleep": 0})
+
+    run_until_settled(one_thread)
+
+    # Each check runs on its own connection and sees only what committed.
+    # The first is of a step this worker had not timed yet, the second of
+    # one it has seen take 0.2 s: the finished call before each had
+    # committed before it started.
+    assert seen == ["ended", "ended"]
+
+
+def test_a_step_a_worker_died_during_runs_after_the_others(one_thread) -> None:
+    order: list[str] = []
+
+    def note(params: dict[str, Any]) -> None:
+        order.append(params["name"])
+
+    one_thread.add(Job("note").submit(note))
+    ids = {name: one_thread.execute("note", {"name": name}) for name in "sab"}
+    # As a worker that died during the calls of "s" leaves it (for "s"
+    # twice, for "a" once): unfinished calls counted, claims freed.
+    for name, unfinished in (("s", 2), ("a", 1)):
+        one_thread.exec_query(
+            "UPDATE threadjobs_steps SET unfinished_calls = %s, calls = %s "
+            "WHERE job_id = %s",
+            [unfinished, unfinished, ids[name]],
+        )
+
+    run_until_settled(one_thread)
+
+    # "s" and "a" are both suspect now; one of them was given back uncounted
+    # and ran in a later round. Within each round, "b" came before a
+    # suspect, and no call was counted that was not made.
+    assert order.index("b") < order.index("s")
+    assert sorted(order) == ["a", "b", "s"]
+    calls = {
+        name: [step.calls for step in one_thread.get_steps(job_id)]
+        for name, job_id in ids.items()
+    }
+    assert calls == {"s": [3], "a": [2], "b": [1]}
