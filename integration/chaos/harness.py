@@ -53,6 +53,9 @@ class Plan:
     sleep_ms: str = "1,5"
     min_reexecutions: int = 20
     timeout: float = 600.0
+    #: The group's members keep their effect in the ctx instead of a table:
+    #: calls that run no SQL, which SQLite's workers commit together.
+    ctx_members: bool = False
 
 
 FULL = {
@@ -84,6 +87,7 @@ class Report:
     lost: int = -1
     duplicated: int = -1
     order_violations: int = -1
+    ctx_violations: int = -1
     idle_in_transaction: int = -1
     live_workers_silent: list[int] = field(default_factory=list)
     integrity: str = "n/a"
@@ -146,10 +150,14 @@ class Server:
             self.server.remove()
 
 
-def spawn(url: str, threads: int, sleep_ms: str) -> subprocess.Popen[str]:
+def spawn(plan: Plan, url: str) -> subprocess.Popen[str]:
     process = subprocess.Popen(
-        [sys.executable, "-m", "integration.chaos.worker", url, str(threads)],
-        env={**os.environ, "CHAOS_SLEEP_MS": sleep_ms},
+        [sys.executable, "-m", "integration.chaos.worker", url, str(plan.threads)],
+        env={
+            **os.environ,
+            "CHAOS_SLEEP_MS": plan.sleep_ms,
+            "CHAOS_CTX_MEMBERS": "1" if plan.ctx_members else "",
+        },
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
@@ -197,9 +205,7 @@ def run(plan: Plan, log: Any = print) -> Report:
     report = Report(plan.backend, plan.jobs)
     server = Server(plan.backend)
     executor = prepare(server.url, plan.backend, plan.jobs)
-    workers = [
-        spawn(server.url, plan.threads, plan.sleep_ms) for _ in range(plan.workers)
-    ]
+    workers = [spawn(plan, server.url) for _ in range(plan.workers)]
     started = time.monotonic()
     last_fault = time.time()
     next_kill = started + plan.kill_every
@@ -218,7 +224,7 @@ def run(plan: Plan, log: Any = print) -> Report:
             if faulting and now >= next_kill:
                 victim = random.randrange(len(workers))
                 end(workers[victim])
-                workers[victim] = spawn(server.url, plan.threads, plan.sleep_ms)
+                workers[victim] = spawn(plan, server.url)
                 report.kills += 1
                 last_fault = time.time()
                 next_kill = now + plan.kill_every
@@ -272,7 +278,8 @@ def check(
     report.lost = counts["pending"] + counts["failed"]
     report.step_calls = one(executor, "SELECT COUNT(*) FROM attempts")
     report.effects = one(executor, "SELECT COUNT(*) FROM effects")
-    report.reexecutions = report.step_calls - report.effects
+    member_calls = 3 * plan.jobs if plan.ctx_members else 0
+    report.reexecutions = report.step_calls - report.effects - member_calls
     report.duplicated = one(
         executor,
         "SELECT COUNT(*) FROM (SELECT job, step FROM effects GROUP BY job, step "
@@ -302,7 +309,20 @@ def check(
     if plan.backend == "sqlite":
         report.integrity = one(executor, "PRAGMA integrity_check")
 
-    expected = plan.jobs * 5
+    report.ctx_violations = 0
+    if plan.ctx_members:
+        # Each member counts its committed calls in the ctx: exactly one.
+        report.ctx_violations = sum(
+            1
+            for job in executor.list_ended_jobs()
+            if any(job.ctx.get(f"b{i}_n") != 1 for i in range(3))
+        )
+    expected = plan.jobs * (2 if plan.ctx_members else 5)
+    if report.ctx_violations:
+        report.problems.append(
+            f"{report.ctx_violations} jobs whose ctx shows a member committed "
+            "other than once"
+        )
     if report.lost:
         report.problems.append(f"{report.lost} jobs did not end")
         report.problems.extend(stuck_steps(executor))
@@ -360,12 +380,18 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--smoke", action="store_true", help="the small CI run")
     parser.add_argument("--jobs", type=int)
     parser.add_argument("--timeout", type=float, help="seconds before giving up")
+    parser.add_argument(
+        "--ctx-members",
+        action="store_true",
+        help="group members keep their effect in the ctx, running no SQL",
+    )
     args = parser.parse_args(argv)
     plan = (SMOKE if args.smoke else FULL)[args.backend]
     if args.jobs:
         plan.jobs = args.jobs
     if args.timeout:
         plan.timeout = args.timeout
+    plan.ctx_members = args.ctx_members
     print(f"chaos: {json.dumps(asdict(plan))}")
     report = run(plan)
     print(json.dumps(asdict(report), indent=2))

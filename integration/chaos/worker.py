@@ -6,6 +6,9 @@ visible), sleeps a few random milliseconds, inserts one effect row inside
 the step's transaction, and sleeps again: a kill can strike before the
 write or while it is uncommitted.
 
+With ``CHAOS_CTX_MEMBERS`` set, the group's members instead count their
+call in the ctx and run no SQL, and ``c`` checks that each counted once.
+
 ``python -m integration.chaos.worker URL THREADS`` runs a worker until killed.
 """
 
@@ -57,18 +60,46 @@ def chaos_step(url: str, name: str) -> Any:
     return step
 
 
-def build(url: str, threads: int = 4) -> JobExecutor:
+def ctx_member(url: str, name: str) -> Any:
+    """A group member that runs no SQL: it counts its call in the ctx."""
+
+    def step(params: dict[str, Any], ctx: dict[str, Any]) -> None:
+        note_attempt(url, params["n"], name)
+        time.sleep(random.uniform(*SLEEP_SECS))
+        ctx[f"{name}_n"] = ctx.get(f"{name}_n", 0) + 1
+
+    return step
+
+
+def check_members(url: str) -> Any:
+    """The last step, when members count in the ctx: all three must have
+    committed exactly once before it runs."""
+    last = chaos_step(url, "c")
+
+    def step(params: dict[str, Any], ctx: dict[str, Any], ex: JobExecutor) -> None:
+        counts = [ctx.get(f"b{i}_n") for i in range(3)]
+        if counts != [1, 1, 1]:
+            raise RuntimeError(f"the members' calls committed {counts} times")
+        last(params, ctx, ex)
+
+    return step
+
+
+def build(url: str, threads: int = 4, ctx_members: bool = False) -> JobExecutor:
     executor = JobExecutor(url, threads=threads, poll_interval=0.1)
+    member = ctx_member if ctx_members else chaos_step
     executor.add(
         Job("chaos")
         .submit(chaos_step(url, "a"))
-        .submit([chaos_step(url, f"b{i}") for i in range(3)])
-        .submit(chaos_step(url, "c"))
+        .submit([member(url, f"b{i}") for i in range(3)])
+        .submit(check_members(url) if ctx_members else chaos_step(url, "c"))
     )
     return executor
 
 
 if __name__ == "__main__":
-    worker = build(sys.argv[1], int(sys.argv[2]))
+    worker = build(
+        sys.argv[1], int(sys.argv[2]), bool(os.environ.get("CHAOS_CTX_MEMBERS"))
+    )
     print("ready", flush=True)
     worker.run()
