@@ -5,7 +5,8 @@ What every step's guarantees are does not change, and the behavioural
 suite checks that on every backend; these tests check the sharing itself:
 that it happens, that a call running SQL or a slow call does not make
 finished calls wait behind it, that one call's failing writes roll back
-alone, and that a step during which a worker died runs after the others.
+alone, that a slow call lets go of the claims behind it, and that a step
+during which a worker died runs after the others.
 """
 
 from __future__ import annotations
@@ -121,6 +122,32 @@ def test_calls_do_not_wait_behind_a_slow_step(one_thread) -> None:
     # one it has seen take 0.2 s: the finished call before each had
     # committed before it started.
     assert seen == ["ended", "ended"]
+
+
+def test_a_slow_call_gives_back_the_claims_not_started(one_thread, caplog) -> None:
+    caplog.set_level(logging.DEBUG, logger="threadjobs.scheduler")
+
+    def slow(params: dict[str, Any]) -> None:
+        time.sleep(0.2)
+
+    one_thread.add(Job("slow").submit(slow))
+    one_thread.add(Job("quick").submit(quick))
+    slow_id = one_thread.execute("slow")
+    quick_ids = [one_thread.execute("quick", {"n": n}) for n in range(3)]
+
+    run_until_settled(one_thread)
+
+    # The thread held all four claims; after the slow call the three it had
+    # not started went back for any thread or worker, uncounted.
+    handed_back = [
+        record.args[0]  # type: ignore[index]
+        for record in caplog.records
+        if getattr(record, "action", "") == "claims_handed_back"
+    ]
+    assert handed_back == [3]
+    for job_id in [slow_id, *quick_ids]:
+        assert one_thread.get_job(job_id).status == "ended"
+        assert [step.calls for step in one_thread.get_steps(job_id)] == [1]
 
 
 def test_a_step_a_worker_died_during_runs_after_the_others(one_thread) -> None:

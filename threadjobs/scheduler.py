@@ -364,6 +364,8 @@ class Worker:
         Calls that ran no SQL of their own wait in the round and commit
         together, at the end or once the first of them has waited
         MAX_PENDING_SECS, when the backend commits several calls at once.
+        A call slower than that ends the round: the claims not started yet
+        go back, for idle threads and other workers.
         """
         turn: Optional[_Round] = _Round() if self._calls_per_commit > 1 else None
         if turn is not None:
@@ -382,9 +384,13 @@ class Worker:
             except DatabaseError as exc:
                 self._retry_later(claim, "database error before the call", exc)
                 continue
-            self._durations[_step_key(claim)] = time.monotonic() - started
+            took = time.monotonic() - started
+            self._durations[_step_key(claim)] = took
             if next_claim is not None:
                 next_claims.append(next_claim)
+            if turn is not None and took > MAX_PENDING_SECS:
+                self._hand_back(claims[index + 1 :])
+                break
         if turn is not None:
             if turn.pending:
                 self._commit_pending(conn, turn)
@@ -415,6 +421,19 @@ class Worker:
             self._give_back(claim.token, claim.step_id)
         others = [claim for claim in claims if not _suspect(claim)]
         return others + suspects[:1]
+
+    def _hand_back(self, claims: list[Claim]) -> None:
+        """Give back claims whose calls have not started, uncounted."""
+        if not claims:
+            return
+        for claim in claims:
+            self._give_back(claim.token, claim.step_id)
+        logger.debug(
+            "gave back %d claimed steps after a slow call",
+            len(claims),
+            extra={"action": "claims_handed_back"},
+        )
+        self._wake.set()
 
     def _retry_later(self, claim: Claim, what: str, exc: BaseException) -> None:
         """Give back the claim of a call that never started, uncounted."""
