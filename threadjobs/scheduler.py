@@ -389,7 +389,7 @@ class Worker:
             if next_claim is not None:
                 next_claims.append(next_claim)
             if turn is not None and took > MAX_PENDING_SECS:
-                self._hand_back(claims[index + 1 :])
+                self._hand_back(claims[index + 1 :], "after a slow call")
                 break
         if turn is not None:
             if turn.pending:
@@ -417,20 +417,25 @@ class Worker:
         are not waiting beside it.
         """
         suspects = [claim for claim in claims if _suspect(claim)]
-        for claim in suspects[1:]:
-            self._give_back(claim.token, claim.step_id)
+        self._hand_back(suspects[1:], "beside a step a worker died during")
         others = [claim for claim in claims if not _suspect(claim)]
         return others + suspects[:1]
 
-    def _hand_back(self, claims: list[Claim]) -> None:
-        """Give back claims whose calls have not started, uncounted."""
+    def _hand_back(self, claims: list[Claim], why: str) -> None:
+        """Give back claims whose calls have not started, uncounted, for
+        idle threads and other workers."""
         if not claims:
             return
-        for claim in claims:
-            self._give_back(claim.token, claim.step_id)
+        try:
+            self.backend.release_unstarted_claims(claims)
+        except DatabaseError:
+            # As in _give_back: the claims' lease runs out instead.
+            logger.debug("could not give back %d claims", len(claims), exc_info=True)
+            return
         logger.debug(
-            "gave back %d claimed steps after a slow call",
+            "gave back %d claimed steps not started (%s)",
             len(claims),
+            why,
             extra={"action": "claims_handed_back"},
         )
         self._wake.set()
@@ -792,9 +797,9 @@ class Worker:
         )
         self._release(claim)
 
-    def _give_back(self, token: str, step_id: Optional[int] = None) -> None:
+    def _give_back(self, token: str) -> None:
         try:
-            self.backend.release_unstarted(token, step_id)
+            self.backend.release_unstarted(token)
         except DatabaseError:
             # The claim's lease runs out instead (on SQLite, the worker
             # frees its own leftovers after OWN_LEFTOVER_SECS).

@@ -32,6 +32,11 @@ _UNCLAIM = (
     "unfinished_calls = 0, updated_at = {now}"
 )
 
+_GIVE_BACK = (
+    "claim_token = NULL, claimed_by = NULL, claimed_until = 0, "
+    "calls = calls - 1, unfinished_calls = unfinished_calls - 1"
+)
+
 STEP_ROWS_PER_INSERT = 1000
 """How many step rows one INSERT statement carries (bound parameters are
 capped per statement on every backend)."""
@@ -274,20 +279,36 @@ class StepStore(SqlCore):
 
         self.transaction(work)
 
-    def release_unstarted(self, token: str, step_id: Optional[int] = None) -> None:
-        """Give back claims whose calls never started, counting no call:
-        every step claimed with ``token``, or only step ``step_id``."""
-        only = "" if step_id is None else " AND id = %s"
+    def release_unstarted(self, token: str) -> None:
+        """Give back every claim made with ``token`` whose call never
+        started, counting no call."""
         self.transaction(
             lambda cur: self.execute(
                 cur,
-                "UPDATE threadjobs_steps SET claim_token = NULL, "
-                "claimed_by = NULL, claimed_until = 0, calls = calls - 1, "
-                "unfinished_calls = unfinished_calls - 1 "
-                f"WHERE claim_token = %s AND done = 0{only}",
-                (token,) if step_id is None else (token, step_id),
+                f"UPDATE threadjobs_steps SET {_GIVE_BACK} "
+                "WHERE claim_token = %s AND done = 0",
+                (token,),
             )
         )
+
+    def release_unstarted_claims(self, claims: Sequence[Claim]) -> None:
+        """Give back claims whose calls never started, counting no call,
+        in one transaction."""
+        ids_by_token: dict[str, list[int]] = {}
+        for claim in claims:
+            ids_by_token.setdefault(claim.token, []).append(claim.step_id)
+
+        def work(cur: Any) -> None:
+            for token, ids in ids_by_token.items():
+                marks = ", ".join(["%s"] * len(ids))
+                self.execute(
+                    cur,
+                    f"UPDATE threadjobs_steps SET {_GIVE_BACK} "
+                    f"WHERE claim_token = %s AND done = 0 AND id IN ({marks})",
+                    (token, *ids),
+                )
+
+        self.transaction(work)
 
     def claim_settled(self, claim: Claim) -> bool:
         """Whether a claim is no longer on its step row.
