@@ -30,6 +30,8 @@ from typing import Any
 
 from threadjobs import DatabaseError, JobExecutor
 
+from .worker import CTX_STEPS
+
 ROOT = Path(__file__).resolve().parents[2]
 
 EFFECT_TABLES = {
@@ -55,7 +57,7 @@ class Plan:
     timeout: float = 600.0
     #: The group's members keep their effect in the ctx instead of a table:
     #: calls that run no SQL, which SQLite's workers commit together.
-    ctx_members: bool = False
+    ctx_steps: bool = False
 
 
 FULL = {
@@ -156,7 +158,7 @@ def spawn(plan: Plan, url: str) -> subprocess.Popen[str]:
         env={
             **os.environ,
             "CHAOS_SLEEP_MS": plan.sleep_ms,
-            "CHAOS_CTX_MEMBERS": "1" if plan.ctx_members else "",
+            "CHAOS_CTX_STEPS": "1" if plan.ctx_steps else "",
         },
         cwd=ROOT,
         stdout=subprocess.PIPE,
@@ -200,6 +202,11 @@ def progress(executor: JobExecutor) -> tuple[int, int]:
     return ended, int(effects)
 
 
+def effects_per_job(plan: Plan) -> int:
+    """Effect rows a job leaves: one per step call that runs SQL."""
+    return 1 if plan.ctx_steps else 5
+
+
 def run(plan: Plan, log: Any = print) -> Report:
     """Run one scenario and check it; the report says what went wrong."""
     report = Report(plan.backend, plan.jobs)
@@ -209,7 +216,7 @@ def run(plan: Plan, log: Any = print) -> Report:
     started = time.monotonic()
     last_fault = time.time()
     next_kill = started + plan.kill_every
-    steps = plan.jobs * 5
+    steps = plan.jobs * effects_per_job(plan)
     fault_marks = [(i + 1) / (plan.restarts + 1) * 0.8 for i in range(plan.restarts)]
     try:
         while True:
@@ -278,8 +285,8 @@ def check(
     report.lost = counts["pending"] + counts["failed"]
     report.step_calls = one(executor, "SELECT COUNT(*) FROM attempts")
     report.effects = one(executor, "SELECT COUNT(*) FROM effects")
-    member_calls = 3 * plan.jobs if plan.ctx_members else 0
-    report.reexecutions = report.step_calls - report.effects - member_calls
+    ctx_calls = len(CTX_STEPS) * plan.jobs if plan.ctx_steps else 0
+    report.reexecutions = report.step_calls - report.effects - ctx_calls
     report.duplicated = one(
         executor,
         "SELECT COUNT(*) FROM (SELECT job, step FROM effects GROUP BY job, step "
@@ -310,17 +317,17 @@ def check(
         report.integrity = one(executor, "PRAGMA integrity_check")
 
     report.ctx_violations = 0
-    if plan.ctx_members:
-        # Each member counts its committed calls in the ctx: exactly one.
+    if plan.ctx_steps:
+        # Each such step counts its committed calls in the ctx: exactly one.
         report.ctx_violations = sum(
             1
             for job in executor.list_ended_jobs()
-            if any(job.ctx.get(f"b{i}_n") != 1 for i in range(3))
+            if any(job.ctx.get(f"{name}_n") != 1 for name in CTX_STEPS)
         )
-    expected = plan.jobs * (2 if plan.ctx_members else 5)
+    expected = plan.jobs * effects_per_job(plan)
     if report.ctx_violations:
         report.problems.append(
-            f"{report.ctx_violations} jobs whose ctx shows a member committed "
+            f"{report.ctx_violations} jobs whose ctx shows a step committed "
             "other than once"
         )
     if report.lost:
@@ -381,9 +388,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--jobs", type=int)
     parser.add_argument("--timeout", type=float, help="seconds before giving up")
     parser.add_argument(
-        "--ctx-members",
+        "--ctx-steps",
         action="store_true",
-        help="group members keep their effect in the ctx, running no SQL",
+        help="all steps but the last keep their effect in the ctx, running no SQL",
     )
     args = parser.parse_args(argv)
     plan = (SMOKE if args.smoke else FULL)[args.backend]
@@ -391,7 +398,7 @@ def main(argv: list[str]) -> int:
         plan.jobs = args.jobs
     if args.timeout:
         plan.timeout = args.timeout
-    plan.ctx_members = args.ctx_members
+    plan.ctx_steps = args.ctx_steps
     print(f"chaos: {json.dumps(asdict(plan))}")
     report = run(plan)
     print(json.dumps(asdict(report), indent=2))

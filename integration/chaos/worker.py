@@ -6,8 +6,9 @@ visible), sleeps a few random milliseconds, inserts one effect row inside
 the step's transaction, and sleeps again: a kill can strike before the
 write or while it is uncommitted.
 
-With ``CHAOS_CTX_MEMBERS`` set, the group's members instead count their
-call in the ctx and run no SQL, and ``c`` checks that each counted once.
+With ``CHAOS_CTX_STEPS`` set, ``a`` and the group's members instead count
+their call in the ctx and run no SQL (so workers may commit them together
+with other calls), and ``c`` checks that each counted once.
 
 ``python -m integration.chaos.worker URL THREADS`` runs a worker until killed.
 """
@@ -25,6 +26,9 @@ from threadjobs import Job, JobExecutor
 from threadjobs.backends import open_backend
 
 _local = threading.local()
+
+CTX_STEPS = ("a", "b0", "b1", "b2")
+"""The steps that count their calls in the ctx with ``CHAOS_CTX_STEPS``."""
 
 # How long a step call sleeps after writing its effect, at random.
 SLEEP_SECS = tuple(
@@ -60,8 +64,8 @@ def chaos_step(url: str, name: str) -> Any:
     return step
 
 
-def ctx_member(url: str, name: str) -> Any:
-    """A group member that runs no SQL: it counts its call in the ctx."""
+def ctx_step(url: str, name: str) -> Any:
+    """A step that runs no SQL: it counts its call in the ctx."""
 
     def step(params: dict[str, Any], ctx: dict[str, Any]) -> None:
         note_attempt(url, params["n"], name)
@@ -71,35 +75,35 @@ def ctx_member(url: str, name: str) -> Any:
     return step
 
 
-def check_members(url: str) -> Any:
-    """The last step, when members count in the ctx: all three must have
+def check_counts(url: str) -> Any:
+    """The last step, when the others count in the ctx: each must have
     committed exactly once before it runs."""
     last = chaos_step(url, "c")
 
     def step(params: dict[str, Any], ctx: dict[str, Any], ex: JobExecutor) -> None:
-        counts = [ctx.get(f"b{i}_n") for i in range(3)]
-        if counts != [1, 1, 1]:
-            raise RuntimeError(f"the members' calls committed {counts} times")
+        counts = [ctx.get(f"{name}_n") for name in CTX_STEPS]
+        if counts != [1] * len(CTX_STEPS):
+            raise RuntimeError(f"the calls of {CTX_STEPS} committed {counts} times")
         last(params, ctx, ex)
 
     return step
 
 
-def build(url: str, threads: int = 4, ctx_members: bool = False) -> JobExecutor:
+def build(url: str, threads: int = 4, ctx_steps: bool = False) -> JobExecutor:
     executor = JobExecutor(url, threads=threads, poll_interval=0.1)
-    member = ctx_member if ctx_members else chaos_step
+    step = ctx_step if ctx_steps else chaos_step
     executor.add(
         Job("chaos")
-        .submit(chaos_step(url, "a"))
-        .submit([member(url, f"b{i}") for i in range(3)])
-        .submit(check_members(url) if ctx_members else chaos_step(url, "c"))
+        .submit(step(url, "a"))
+        .submit([step(url, f"b{i}") for i in range(3)])
+        .submit(check_counts(url) if ctx_steps else chaos_step(url, "c"))
     )
     return executor
 
 
 if __name__ == "__main__":
     worker = build(
-        sys.argv[1], int(sys.argv[2]), bool(os.environ.get("CHAOS_CTX_MEMBERS"))
+        sys.argv[1], int(sys.argv[2]), bool(os.environ.get("CHAOS_CTX_STEPS"))
     )
     print("ready", flush=True)
     worker.run()
