@@ -7,11 +7,15 @@ calls on its own pooled connection, one transaction each; a call's commit
 claims the next step for the same thread (the job's next step, or another
 due one), so a busy thread goes from call to call without the scheduler.
 
-Where the backend's ``calls_per_commit`` is above one (SQLite), a thread
-is handed that many claims at a time and calls them in turn; the calls that
-ran no SQL of their own then commit together, each in a savepoint, so that
-one sync of the disk serves several calls. A call that runs SQL commits the
-waiting ones first and then commits alone, as everywhere.
+Where the backend's ``calls_per_commit`` is above one (SQLite,
+PostgreSQL), a thread is handed that many claims at a time and calls them
+in turn; the calls that ran no SQL of their own then commit together, so
+that one commit (one sync of the disk) serves several calls, and when no
+thread is idle that commit also claims the thread's next round. A call that
+runs SQL commits the waiting ones first and then commits alone, as
+everywhere. On SQLite each waiting call's writes go in a savepoint; on
+PostgreSQL the round's one transaction holds every waiting call's row
+locks, and if it must roll back, the waiting calls commit one by one.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import TYPE_CHECKING, Any, Optional
 
@@ -97,17 +101,23 @@ class StepSession:
         backend: SqlBackend,
         conn: Any,
         claim: Claim,
-        before_begin: Optional[Callable[[], None]] = None,
+        before_sql: Optional[Callable[[], Optional[StepContext]]] = None,
     ) -> None:
         self.backend = backend
         self.conn = conn
         self.claim = claim
-        self.before_begin = before_begin
+        self.before_sql = before_sql
+        #: Whether the step asked for a cursor: it runs SQL of its own.
+        self.ran_sql = False
+        #: The call's start read again, if ``before_sql`` had to relock it.
+        self.reopened: Optional[StepContext] = None
 
     def cursor(self) -> Any:
         """A cursor inside the step's transaction, beginning it if needed."""
-        if self.before_begin is not None and not conn_in_transaction(self.conn):
-            self.before_begin()
+        if not self.ran_sql:
+            self.ran_sql = True
+            if self.before_sql is not None:
+                self.reopened = self.before_sql()
         with self.backend.translate_errors():
             self.backend.ensure_transaction(self.conn)
         return self.conn.cursor()
@@ -383,7 +393,9 @@ class Worker:
                 next_claim = self._call_on(conn, claim, turn)
             except DatabaseError as exc:
                 self._retry_later(claim, "database error before the call", exc)
-                continue
+                next_claim = None
+            if turn is not None and turn.pending and self._locks_lost(conn):
+                self._finish_each_alone(conn, turn)
             took = time.monotonic() - started
             self._durations[_step_key(claim)] = took
             if next_claim is not None:
@@ -391,11 +403,22 @@ class Worker:
             if turn is not None and took > MAX_PENDING_SECS:
                 self._hand_back(claims[index + 1 :], "after a slow call")
                 break
+        else:
+            if turn is not None and turn.pending and self._all_busy():
+                # No thread is idle to take more due steps: the commit
+                # claims enough of them to fill this thread's next round.
+                room = self._calls_per_commit - len(next_claims)
+                self._commit_pending(conn, turn, top_up=room)
         if turn is not None:
             if turn.pending:
                 self._commit_pending(conn, turn)
             next_claims.extend(turn.next_claims)
         return next_claims
+
+    def _all_busy(self) -> bool:
+        # Read without the lock: a stale count only misses a top-up or
+        # makes one a round early.
+        return self._busy >= self.settings.threads
 
     def _commit_first(self, turn: _Round, claim: Claim) -> bool:
         """Whether the waiting calls should commit before ``claim`` is called:
@@ -512,10 +535,10 @@ class Worker:
             )
         # A step that runs SQL commits alone, after the calls waiting before
         # it (its transaction holds SQLite's one write lock until it ends).
-        before_begin = (
-            None if turn is None else partial(self._commit_pending, conn, turn)
+        before_sql = (
+            None if turn is None else partial(self._waiting_go_first, conn, turn, claim)
         )
-        session = StepSession(self.backend, conn, claim, before_begin)
+        session = StepSession(self.backend, conn, claim, before_sql)
         continuation = None
         try:
             with self.executor._step_session(session):
@@ -527,28 +550,102 @@ class Worker:
                     self.settings.lease_seconds,
                     self.executor.job_names(),
                 )
-            if turn is not None and not conn_in_transaction(conn):
+            if turn is not None and not session.ran_sql and self._may_wait(claim):
                 turn.pending.append(
                     _Finished(
                         claim, outcome, start, ctx, continuation, time.monotonic()
                     )
                 )
                 return None
+            if turn is not None and turn.pending:
+                session.reopened = self._waiting_go_first(conn, turn, claim)
+            if session.reopened is not None:
+                start = replace(start, locked_job=session.reopened.locked_job)
             with self.backend.translate_errors():
                 return self._commit(conn, claim, outcome, start, ctx, continuation)
         except ClaimLostError:
-            self.backend._rollback_quietly(conn)
-            logger.warning(
-                "%s: the claim passed to another worker; this call rolled back",
-                claim.label,
-                extra={"action": "claim_lost", "job_id": claim.job_id},
-            )
+            self._claim_lost(conn, claim)
         except TransientDatabaseError as exc:
             self._infrastructure_failure(conn, claim, exc, continuation)
         except BaseException as exc:  # A step may raise anything at all.
             self.backend._rollback_quietly(conn)
             self._step_raised(claim, exc)
         return None
+
+    def _may_wait(self, claim: Claim) -> bool:
+        """Whether a call that ran no SQL may wait to commit with others.
+
+        Where the round's transaction holds row locks, only steps of one
+        member wait: they lock their job row from the start, a row no other
+        worker's call wants, while group members lock their job's row as
+        they commit, and two rounds taking such locks in different orders
+        could deadlock.
+        """
+        return not self.backend.holds_row_locks or claim.group_size == 1
+
+    def _waiting_go_first(
+        self, conn: Any, turn: _Round, claim: Claim
+    ) -> Optional[StepContext]:
+        """Commit the calls waiting in ``turn`` before ``claim``, which is
+        under way, runs SQL of its own or commits alone.
+
+        Where the round's transaction also held ``claim``'s row locks, that
+        commit released them: they are taken again, and the call's start as
+        read now is returned. Raises ClaimLostError if the claim went
+        meanwhile.
+        """
+        if not turn.pending:
+            return None
+        self._commit_pending(conn, turn)
+        if not self.backend.holds_row_locks:
+            return None
+        with self.backend.translate_errors():
+            return self.backend.open_step(conn, claim)
+
+    def _locks_lost(self, conn: Any) -> bool:
+        """Whether the round's transaction, which held the row locks of the
+        waiting calls, has ended without committing them."""
+        return self.backend.holds_row_locks and not self.backend.transaction_intact(
+            conn
+        )
+
+    def _finish_each_alone(self, conn: Any, turn: _Round) -> None:
+        """Commit each waiting call in a transaction of its own, its rows
+        locked again: after the round's transaction rolled back with them."""
+        self.backend._rollback_quietly(conn)
+        pending, turn.pending = turn.pending, []
+        for finished in pending:
+            claim = finished.claim
+            try:
+                with self.backend.translate_errors():
+                    reopened = self.backend.open_step(conn, claim)
+                    start = replace(finished.start, locked_job=reopened.locked_job)
+                    next_claim = self._commit(
+                        conn,
+                        claim,
+                        finished.outcome,
+                        start,
+                        finished.ctx,
+                        finished.continuation,
+                    )
+            except ClaimLostError:
+                self._claim_lost(conn, claim)
+            except TransientDatabaseError as exc:
+                self._infrastructure_failure(conn, claim, exc, finished.continuation)
+            except BaseException as exc:
+                self.backend._rollback_quietly(conn)
+                self._step_raised(claim, exc)
+            else:
+                if next_claim is not None:
+                    turn.next_claims.append(next_claim)
+
+    def _claim_lost(self, conn: Any, claim: Claim) -> None:
+        self.backend._rollback_quietly(conn)
+        logger.warning(
+            "%s: the claim passed to another worker; this call rolled back",
+            claim.label,
+            extra={"action": "claim_lost", "job_id": claim.job_id},
+        )
 
     def _refusal(self, claim: Claim, job: Job) -> Optional[str]:
         """Why this claim must fail without calling the step, if it must."""
@@ -597,24 +694,35 @@ class Worker:
         self._log_outcome(claim, outcome, result.job_ended)
         return result.next_claim
 
-    def _commit_pending(self, conn: Any, turn: _Round) -> None:
+    def _commit_pending(self, conn: Any, turn: _Round, top_up: int = 0) -> None:
         """Commit the calls waiting in ``turn`` in one transaction, each in a
-        savepoint of its own; never raises.
+        savepoint of its own (see _apply_saved); never raises.
 
         A call whose writes fail rolls back to its savepoint and fails (or
         is retried) alone. If the transaction fails as a whole, every call
-        in it is handled as if its own commit had failed.
+        in it is handled as if its own commit had failed. With ``top_up``,
+        the commit also claims due steps until the round's next claims
+        number that many, so that a thread's rounds stay full.
         """
         pending, turn.pending = turn.pending, []
         if not pending:
             return
         results: list[Any] = []
+        extra: list[Claim] = []
         try:
             with self.backend.translate_errors():
                 self.backend.begin(conn)
                 cur = conn.cursor()
                 for finished in pending:
                     results.append(self._apply_saved(conn, cur, finished))
+                claimed = sum(
+                    1
+                    for result in results
+                    if isinstance(result, FinishResult) and result.next_claim
+                )
+                room = top_up - claimed - len(turn.next_claims)
+                if room > 0:
+                    extra = self._claim_more(cur, pending[-1].continuation, room)
                 conn.commit()
         except TransientDatabaseError as exc:
             self.backend._rollback_quietly(conn)
@@ -624,6 +732,12 @@ class Worker:
                 )
             return
         except BaseException as exc:
+            if self.backend.holds_row_locks:
+                # No savepoints here: one call's failed writes rolled back
+                # the others' too, which now commit one by one.
+                turn.pending = pending
+                self._finish_each_alone(conn, turn)
+                return
             self.backend._rollback_quietly(conn)
             for finished in pending:
                 self._step_raised(finished.claim, exc)
@@ -641,33 +755,68 @@ class Worker:
                 if result.next_claim is not None:
                     turn.next_claims.append(result.next_claim)
             elif isinstance(result, ClaimLostError):
-                logger.warning(
-                    "%s: the claim passed to another worker; this call rolled back",
-                    claim.label,
-                    extra={"action": "claim_lost", "job_id": claim.job_id},
-                )
+                self._claim_lost(conn, claim)
             elif isinstance(result, TransientDatabaseError):
                 self._infrastructure_failure(conn, claim, result)
             else:
                 self._step_raised(claim, result)
+        turn.next_claims.extend(extra)
+
+    def _claim_more(
+        self, cur: Any, continuation: Optional[Continuation], count: int
+    ) -> list[Claim]:
+        """Claim up to ``count`` due steps in the commit of waiting calls.
+
+        Where a failed statement leaves the transaction usable (SQLite),
+        failing to claim costs only the claims; elsewhere it fails the
+        transaction, like any of its statements.
+        """
+        if continuation is None:  # The worker is stopping.
+            return []
+        try:
+            with self.backend.translate_errors():
+                return self.backend.claim_on(
+                    cur,
+                    continuation.job_names,
+                    continuation.worker_id,
+                    count,
+                    self.backend.claim_lease(continuation.lease_seconds),
+                    continuation.token,
+                )
+        except DatabaseError:
+            if self.backend.holds_row_locks:
+                raise
+            logger.debug("could not claim the next round's steps", exc_info=True)
+            return []
 
     def _apply_saved(self, conn: Any, cur: Any, finished: _Finished) -> Any:
         """One waiting call's writes in a savepoint: its FinishResult, or
-        the exception that rolled them back."""
+        the exception that rolled them back.
+
+        Where row locks are held, without a savepoint: the calls' writes
+        rarely fail there, and the two round trips a savepoint costs would
+        take back much of what sharing the commit saves. Exceptions then
+        propagate, and the caller commits each call alone instead.
+        """
         backend = self.backend
+        apply = partial(
+            backend.apply_finish,
+            cur,
+            finished.claim,
+            finished.outcome,
+            finished.start,
+            finished.ctx,
+            self.executor._enqueue_child,
+            self.settings.max_ctx_bytes,
+            finished.continuation,
+        )
+        if backend.holds_row_locks:
+            with backend.translate_errors():
+                return apply()
         backend.execute(cur, f"SAVEPOINT {_SAVEPOINT}")
         try:
             with backend.translate_errors():
-                result: Any = backend.apply_finish(
-                    cur,
-                    finished.claim,
-                    finished.outcome,
-                    finished.start,
-                    finished.ctx,
-                    self.executor._enqueue_child,
-                    self.settings.max_ctx_bytes,
-                    finished.continuation,
-                )
+                result: Any = apply()
         except BaseException as exc:
             if isinstance(exc, DatabaseError) and not conn_in_transaction(conn):
                 raise  # The database dropped the whole transaction.

@@ -5,7 +5,8 @@ leased, their call counted, in a transaction that commits before the call
 begins: a short one of its own, or the commit of the worker's previous call
 (see ``Continuation``). The step call's transaction then locks its row
 again and holds that lock until it commits, so no other worker can claim
-the step while it runs. If the
+the step while it runs; several quick calls of one worker thread may share
+that transaction and its commit (see ``calls_per_commit``). If the
 worker dies, PostgreSQL ends its session, the lock goes with it and the step
 is due again as soon as the claim's lease (``lease_seconds``, counted from
 the claim) has passed.
@@ -153,6 +154,12 @@ class PostgresBackend(SqlBackend):
     table_exists_sql = "SELECT to_regclass(%s) IS NOT NULL"
     enqueue_batch = 5000
     statements_commit_alone = True
+    # A worker thread calls up to this many claimed steps in one transaction,
+    # which holds each call's rows locked from its start; the calls of one
+    # member that ran no SQL of their own commit together. A call that runs
+    # SQL, or a group member, commits the waiting calls first and then
+    # itself, locking its own rows again.
+    calls_per_commit = 4
     claim_sql = (
         "UPDATE threadjobs_steps s SET claim_token = %s, claimed_by = %s, "
         "claimed_until = {now} + %s, calls = s.calls + 1, "
@@ -391,6 +398,10 @@ class PostgresBackend(SqlBackend):
                 )
                 stopping.wait(backoff)
                 backoff = min(backoff * 2, 5.0)
+
+    def transaction_intact(self, conn: Any) -> bool:
+        status = conn.info.transaction_status
+        return bool(status == psycopg.pq.TransactionStatus.INTRANS)
 
     def check_connection_type(self, conn: Any) -> None:
         if not isinstance(conn, psycopg.Connection):

@@ -108,9 +108,11 @@ class SqlCore(abc.ABC):
     holds_row_locks: bool = True
 
     #: How many claimed steps a worker thread calls before it commits their
-    #: outcomes together, one savepoint each. More than one where a single
-    #: connection writes at a time and every commit waits for the disk
-    #: (SQLite), so that commits, not calls, are what is saved on.
+    #: outcomes together. More than one where a commit costs much more than
+    #: a call's writes: SQLite, where one connection writes at a time and
+    #: every commit waits for the disk, and PostgreSQL, where BEGIN and
+    #: COMMIT are two of the four or five round trips of a call and a
+    #: commit waits for the WAL to reach the disk.
     calls_per_commit: int = 1
 
     #: True where ``run_alone()`` can run a statement as its own transaction,
@@ -227,6 +229,10 @@ class SqlCore(abc.ABC):
         or nothing rolls back on its own (SQLite), there is nothing to check.
         """
         return None
+
+    def transaction_intact(self, conn: Any) -> bool:
+        """Whether ``conn`` has a transaction open that can still commit."""
+        return conn_in_transaction(conn)
 
     def check_connection_type(self, conn: Any) -> None:
         """Raise ConfigurationError unless ``conn`` is this driver's."""
