@@ -381,6 +381,7 @@ class Worker:
         if turn is not None:
             claims = self._suspects_last(claims)
         next_claims: list[Claim] = []
+        top_up = 0
         for index, claim in enumerate(claims):
             if self.stopping.is_set():
                 for unstarted in claims[index:]:
@@ -404,14 +405,13 @@ class Worker:
                 self._hand_back(claims[index + 1 :], "after a slow call")
                 break
         else:
-            if turn is not None and turn.pending and self._all_busy():
-                # No thread is idle to take more due steps: the commit
-                # claims enough of them to fill this thread's next round.
-                room = self._calls_per_commit - len(next_claims)
-                self._commit_pending(conn, turn, top_up=room)
+            if self._all_busy():
+                # No thread is idle to take more due steps: the round's
+                # commit claims enough of them to fill its next round.
+                top_up = self._calls_per_commit - len(next_claims)
         if turn is not None:
             if turn.pending:
-                self._commit_pending(conn, turn)
+                self._commit_pending(conn, turn, top_up)
             next_claims.extend(turn.next_claims)
         return next_claims
 
@@ -563,13 +563,8 @@ class Worker:
                 start = replace(start, locked_job=session.reopened.locked_job)
             with self.backend.translate_errors():
                 return self._commit(conn, claim, outcome, start, ctx, continuation)
-        except ClaimLostError:
-            self._claim_lost(conn, claim)
-        except TransientDatabaseError as exc:
-            self._infrastructure_failure(conn, claim, exc, continuation)
         except BaseException as exc:  # A step may raise anything at all.
-            self.backend._rollback_quietly(conn)
-            self._step_raised(claim, exc)
+            self._not_committed(conn, claim, exc, continuation)
         return None
 
     def _may_wait(self, claim: Claim) -> bool:
@@ -628,24 +623,33 @@ class Worker:
                         finished.ctx,
                         finished.continuation,
                     )
-            except ClaimLostError:
-                self._claim_lost(conn, claim)
-            except TransientDatabaseError as exc:
-                self._infrastructure_failure(conn, claim, exc, finished.continuation)
             except BaseException as exc:
-                self.backend._rollback_quietly(conn)
-                self._step_raised(claim, exc)
+                self._not_committed(conn, claim, exc, finished.continuation)
             else:
                 if next_claim is not None:
                     turn.next_claims.append(next_claim)
 
-    def _claim_lost(self, conn: Any, claim: Claim) -> None:
-        self.backend._rollback_quietly(conn)
-        logger.warning(
-            "%s: the claim passed to another worker; this call rolled back",
-            claim.label,
-            extra={"action": "claim_lost", "job_id": claim.job_id},
-        )
+    def _not_committed(
+        self,
+        conn: Any,
+        claim: Claim,
+        exc: BaseException,
+        continuation: Optional[Continuation] = None,
+    ) -> None:
+        """Deal with what kept a call from committing: the claim went to
+        another worker, the database failed (retry), or the step failed."""
+        if isinstance(exc, ClaimLostError):
+            self.backend._rollback_quietly(conn)
+            logger.warning(
+                "%s: the claim passed to another worker; this call rolled back",
+                claim.label,
+                extra={"action": "claim_lost", "job_id": claim.job_id},
+            )
+        elif isinstance(exc, TransientDatabaseError):
+            self._infrastructure_failure(conn, claim, exc, continuation)
+        else:
+            self.backend._rollback_quietly(conn)
+            self._step_raised(claim, exc)
 
     def _refusal(self, claim: Claim, job: Job) -> Optional[str]:
         """Why this claim must fail without calling the step, if it must."""
@@ -754,12 +758,8 @@ class Worker:
                 self._log_outcome(claim, finished.outcome, result.job_ended)
                 if result.next_claim is not None:
                     turn.next_claims.append(result.next_claim)
-            elif isinstance(result, ClaimLostError):
-                self._claim_lost(conn, claim)
-            elif isinstance(result, TransientDatabaseError):
-                self._infrastructure_failure(conn, claim, result)
             else:
-                self._step_raised(claim, result)
+                self._not_committed(conn, claim, result)
         turn.next_claims.extend(extra)
 
     def _claim_more(
